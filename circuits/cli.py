@@ -1,0 +1,115 @@
+"""The ``circuits`` command (what the Makefile calls). Run ``circuits --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from circuits.tasks import TASKS
+
+    for name, task in sorted(TASKS.items()):
+        print(f"{name:16s} {task.description}")
+        print(f"{'':16s} options: {task.defaults}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from circuits.models import load_model
+    from circuits.tasks import build_task
+
+    model = load_model(args.model, device=args.device)
+    options = json.loads(args.options) if args.options else {}
+    ps = build_task(args.task, model.tokenizer, n=args.n, seed=args.seed, **options)
+    print(json.dumps(ps.describe(), indent=2))
+    if args.out:
+        ps.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from circuits.models import load_model, model_info
+
+    print(json.dumps(model_info(load_model(args.model, device=args.device)), indent=2))
+    return 0
+
+
+def _cmd_ioi(args: argparse.Namespace) -> int:
+    from analyses.ioi import main as ioi_main
+
+    return ioi_main(model=args.model, n=args.n, seed=args.seed, device=args.device, out=args.out)
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from circuits.zoo import list_zoo
+
+    if args.action == "list":
+        names = list_zoo()
+        print("\n".join(f"zoo:{n}" for n in names) if names else "no zoo models are bundled yet (run `make zoo`)")
+        return 0
+    from circuits.zoo import cli as zoo_cli  # recipes: heavy imports only here
+
+    return zoo_cli.run(args.action, names=args.names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="circuits", description="Find, compare, export and edit circuits.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("tasks", help="list the tasks and their options")
+    s.set_defaults(fn=_cmd_tasks)
+
+    s = sub.add_parser("build", help="build a task's PromptSet for a model's tokenizer")
+    s.add_argument("task")
+    s.add_argument("--model", default="zoo:toyworld")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--options", help="task options as JSON, e.g. '{\"corruption\": \"s2_io\"}'")
+    s.add_argument("--out", help="write the PromptSet as JSON here")
+    s.add_argument("--device")
+    s.set_defaults(fn=_cmd_build)
+
+    s = sub.add_parser("info", help="load a model and print its shape and numerics")
+    s.add_argument("model")
+    s.add_argument("--device")
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("ioi", help="the IOI analysis (results/ioi/<model>/)")
+    s.add_argument("--model", default="zoo:toyworld")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device")
+    s.add_argument("--out", default="results")
+    s.set_defaults(fn=_cmd_ioi)
+
+    s = sub.add_parser("zoo", help="the bundled model organisms: list, check, train")
+    s.add_argument("action", choices=["list", "check", "train"])
+    s.add_argument("names", nargs="*", help="zoo model names (default: all)")
+    s.set_defaults(fn=_cmd_zoo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.fn(args) or 0)
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
+        # clear one-line errors for bad input; tracebacks only with CIRCUITS_DEBUG=1
+        import os
+
+        if os.environ.get("CIRCUITS_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"circuits: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Metrics over logits, read only at the positions they need (END by default).
+
+Every metric accepts either full logits [batch, pos, vocab] (it gathers the END
+row of each prompt) or logits already taken at END [batch, vocab]; engines that
+unembed only the END position pass the latter. ``reduce="mean"`` returns a
+scalar, ``reduce="none"`` keeps one value per prompt [batch].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits.prompts import PromptSet
+
+Logits = Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"]
+
+
+def end_logits(logits: Logits, ps: PromptSet, position: str = "END") -> Float[Tensor, "batch vocab"]:
+    """Logits at each prompt's named ``position`` (END: the last real token)."""
+    if logits.ndim == 2:
+        if position != "END":
+            raise ValueError("2-D logits are taken to be END logits; pass 3-D logits for other positions")
+        return logits
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, pos, vocab] or [batch, vocab], got {tuple(logits.shape)}")
+    if logits.shape[0] != len(ps):
+        raise ValueError(f"logits batch {logits.shape[0]} != {len(ps)} prompts")
+    pos = ps.positions[position].to(logits.device)
+    return logits[torch.arange(len(ps), device=logits.device), pos]
+
+
+def _reduce(x: Tensor, reduce: str) -> Tensor:
+    if reduce == "mean":
+        return x.mean()
+    if reduce == "sum":
+        return x.sum()
+    if reduce == "none":
+        return x
+    raise ValueError(f"reduce must be 'mean', 'sum' or 'none', got {reduce!r}")
+
+
+def logit_diff(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
+    """logit[answer] - logit[wrong answer] at END (units: logits)."""
+    lg = end_logits(logits, ps)
+    idx = torch.arange(len(ps), device=lg.device)
+    d = lg[idx, ps.answers.to(lg.device)] - lg[idx, ps.wrong_answers.to(lg.device)]
+    return _reduce(d, reduce)
+
+
+def normalized_metric(value: Tensor | float, clean_value: Tensor | float,
+                      corrupted_value: Tensor | float) -> Tensor:
+    """(value - corrupted) / (clean - corrupted): 1 = clean behaviour, 0 = corrupted."""
+    value, clean_value, corrupted_value = (torch.as_tensor(v, dtype=torch.float32)
+                                           for v in (value, clean_value, corrupted_value))
+    denom = clean_value - corrupted_value
+    if torch.any(denom.abs() < 1e-8):
+        raise ZeroDivisionError("clean and corrupted metric values are equal; the normalized metric is undefined")
+    return (value - corrupted_value) / denom
+
+
+def answer_prob(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
+    """Probability of the answer token at END (answer *set* for tasks with candidates)."""
+    probs = end_logits(logits, ps).float().softmax(-1)
+    if ps.answer_candidates is not None:
+        cand = probs[:, ps.answer_candidates.to(probs.device)]
+        p = (cand * ps.answer_mask.to(probs.device)).sum(-1)
+    else:
+        p = probs[torch.arange(len(ps), device=probs.device), ps.answers.to(probs.device)]
+    return _reduce(p, reduce)
+
+
+def candidate_prob_diff(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
+    """P(correct candidates) - P(wrong candidates) at END (greater-than's metric)."""
+    if ps.answer_candidates is None:
+        raise ValueError(f"task {ps.task!r} has no answer candidates; use logit_diff")
+    probs = end_logits(logits, ps).float().softmax(-1)[:, ps.answer_candidates.to(logits.device)]
+    mask = ps.answer_mask.to(probs.device)
+    return _reduce((probs * mask).sum(-1) - (probs * ~mask).sum(-1), reduce)
+
+
+def accuracy(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
+    """Top-1 accuracy at END: the argmax is the answer (or in the answer set)."""
+    top = end_logits(logits, ps).argmax(-1)
+    if ps.answer_candidates is not None:
+        cands = ps.answer_candidates.to(top.device)
+        hit = (top[:, None] == cands[None, :]) & ps.answer_mask.to(top.device)
+        ok = hit.any(-1)
+    else:
+        ok = top == ps.answers.to(top.device)
+    return _reduce(ok.float(), reduce)
+
+
+def kl_divergence(logits: Logits, reference_logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
+    """KL(reference || logits) at END, in nats (reference: usually the clean run)."""
+    lp = end_logits(logits, ps).float().log_softmax(-1)
+    lq = end_logits(reference_logits, ps).float().log_softmax(-1)
+    kl = F.kl_div(lp, lq, log_target=True, reduction="none").sum(-1)
+    return _reduce(kl, reduce)
+
+
+METRICS = {
+    "logit_diff": logit_diff,
+    "answer_prob": answer_prob,
+    "accuracy": accuracy,
+    "candidate_prob_diff": candidate_prob_diff,
+}
+
+
+def get_metric(name: str):
+    """A metric (logits, ps, reduce) by name."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; available: {sorted(METRICS)}") from None

@@ -1,0 +1,161 @@
+"""Model loading: ``load_model(spec)`` -> transformer-lens 4.x ``TransformerBridge``.
+
+``spec`` is one of
+  * ``zoo:<name>`` or ``zoo:<name>@<step>`` - a bundled zoo organism (offline);
+  * a local directory holding a Hugging Face checkpoint (config.json + weights);
+  * a Hugging Face hub id, optionally ``id@revision`` (needs the network unless
+    it is already in the local HF cache).
+
+Numerics convention: **raw HF** (``NUMERICS = "raw-hf"``). We boot the bridge
+without ``enable_compatibility_mode()``: logits and activations equal the HF
+model's (eager attention), which holds for every architecture the bridge
+supports (compatibility mode is refused by some adapters and by offloaded
+models), edited weights save back as ordinary HF checkpoints, and nothing is
+folded or centred. Directions or means computed here must not be mixed with
+ones computed under HookedTransformer's folded convention. ``model_info``
+records the convention with every result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from circuits import NUMERICS
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded, with the reason and what to do."""
+
+
+def _resolve_dtype(dtype: Any):
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float64": torch.float64}
+    if str(dtype) in names:
+        return names[str(dtype)]
+    raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or a torch.dtype")
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (honours HF_ENDPOINT, HF_HUB_OFFLINE)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_spec(spec: str) -> tuple[str, str, str | None]:
+    """``(kind, location, revision)`` for a spec; kind is 'zoo', 'local' or 'hub'.
+
+    Raises ModelLoadError/KeyError with a clear message for a bad spec.
+    """
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise ModelLoadError(f"model spec must be a non-empty string, got {spec!r}")
+    spec = os.fspath(spec).strip()
+    if spec.startswith("zoo:"):
+        from circuits.zoo import zoo_path
+
+        return "zoo", str(zoo_path(spec[4:])), None
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(
+                f"directory {str(p)!r} has no config.json, so it is not a Hugging Face checkpoint "
+                "(expected config.json, model.safetensors and tokenizer files)"
+            )
+        return "local", str(p.resolve()), None
+    if spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1) or p.exists():
+        raise ModelLoadError(f"no such model directory: {spec!r}")
+    hub_id, _, revision = spec.partition("@")
+    return "hub", hub_id, revision or None
+
+
+def _cached_snapshot(hub_id: str, revision: str | None) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(hub_id, revision=revision, local_files_only=True)
+        return path if (Path(path) / "config.json").is_file() else None
+    except Exception:
+        return None
+
+
+def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_kwargs: Any):
+    """Load ``spec`` as a ``TransformerBridge`` in eval mode (raw-HF numerics).
+
+    Args:
+        spec: ``zoo:<name>[@step]``, a local HF checkpoint directory, or a hub id[@revision].
+        device: "cpu", "cuda", ... (default: cuda if available, else cpu).
+        dtype: torch dtype or name ("float32", "bfloat16", ...); default float32.
+        boot_kwargs: passed on to ``TransformerBridge.boot_transformers``.
+    """
+    kind, location, revision = resolve_spec(spec)
+    if kind == "hub":
+        cached = _cached_snapshot(location, revision)
+        if cached is not None:
+            location, revision = cached, None
+        elif not hub_reachable():
+            raise ModelLoadError(
+                f"cannot load {spec!r}: it is not a local directory or zoo model, so it would come from "
+                "the Hugging Face hub, which needs a network connection this machine does not have "
+                "(and it is not in the local HF cache). Pass a local directory holding an HF checkpoint "
+                "(config.json + model.safetensors + tokenizer), or a bundled zoo model such as "
+                "'zoo:toyworld' (see `circuits zoo list`)."
+            )
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch_dtype = _resolve_dtype(dtype)
+    dev = device or default_device()
+    if revision is not None:
+        boot_kwargs.setdefault("revision", revision)
+    try:
+        model = TransformerBridge.boot_transformers(location, device=dev, dtype=torch_dtype, **boot_kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"could not load {spec!r} from {location!r}: {e}") from e
+    model.eval()
+    model.circuits_spec = str(spec)  # type: ignore[attr-defined]
+    return model
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """Plain-data description of a loaded model, recorded with every result."""
+    cfg = model.cfg
+    first = next(iter(model.parameters()))
+    return {
+        "spec": getattr(model, "circuits_spec", None),
+        "numerics": NUMERICS,
+        "architecture": getattr(cfg, "architecture", None) or type(model.original_model).__name__,
+        "n_layers": int(cfg.n_layers),
+        "n_heads": int(cfg.n_heads),
+        "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        "d_model": int(cfg.d_model),
+        "d_head": int(cfg.d_head),
+        "d_vocab": int(cfg.d_vocab),
+        "dtype": str(first.dtype).replace("torch.", ""),
+        "device": str(first.device),
+    }

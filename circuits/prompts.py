@@ -1,0 +1,268 @@
+"""PromptSet: the plain data that tasks build and engines consume.
+
+A PromptSet holds aligned clean/corrupted token tensors, answer ids, named
+positions and provenance. Engines read only this class, never a task module.
+
+Conventions
+-----------
+* Prompts are right-padded with ``pad_token_id``. For a causal LM, right padding
+  never changes the activations at real positions, so no attention mask is
+  needed; ``lengths`` says where each prompt ends and ``positions["END"]`` is
+  the last real token (where the next-token prediction is read).
+* Clean and corrupted prompts of a pair have the same length and every named
+  position is the same token index in both (checked at construction).
+* ``answers``/``wrong_answers`` are single token ids; the logit difference is
+  ``logit[answer] - logit[wrong]`` read at END.
+* Optional ``answer_candidates`` [k] with ``answer_mask`` [batch, k] describe
+  tasks whose correct answer is a *set* of tokens (greater-than).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from circuits.io import atomic_write_text
+
+
+class PromptAlignmentError(ValueError):
+    """A clean/corrupted pair does not align position by position."""
+
+
+def _as_long(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.long)
+
+
+@dataclass
+class PromptSet:
+    """Clean/corrupted prompt pairs with answers and named positions.
+
+    Shapes: ``clean``/``corrupted`` [batch, pos] (long, right-padded);
+    ``answers``/``wrong_answers``/``lengths``/``groups`` [batch];
+    each ``positions[name]`` [batch] (token index into the padded row).
+    """
+
+    task: str
+    clean: Int[Tensor, "batch pos"]
+    corrupted: Int[Tensor, "batch pos"]
+    answers: Int[Tensor, " batch"]
+    wrong_answers: Int[Tensor, " batch"]
+    lengths: Int[Tensor, " batch"]
+    positions: dict[str, Int[Tensor, " batch"]]
+    groups: Int[Tensor, " batch"]
+    pad_token_id: int
+    clean_text: list[str] = field(default_factory=list)
+    corrupted_text: list[str] = field(default_factory=list)
+    answer_text: list[str] = field(default_factory=list)
+    wrong_text: list[str] = field(default_factory=list)
+    group_names: list[str] = field(default_factory=list)
+    answer_candidates: Int[Tensor, " k"] | None = None
+    answer_mask: Bool[Tensor, "batch k"] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.clean = _as_long(self.clean)
+        self.corrupted = _as_long(self.corrupted)
+        self.answers = _as_long(self.answers)
+        self.wrong_answers = _as_long(self.wrong_answers)
+        self.lengths = _as_long(self.lengths)
+        self.groups = _as_long(self.groups)
+        self.positions = {k: _as_long(v) for k, v in self.positions.items()}
+        if self.answer_candidates is not None:
+            self.answer_candidates = _as_long(self.answer_candidates)
+            self.answer_mask = torch.as_tensor(self.answer_mask, dtype=torch.bool)
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise PromptAlignmentError/ValueError if the set is inconsistent."""
+        if self.clean.ndim != 2:
+            raise ValueError(f"clean tokens must be [batch, pos], got shape {tuple(self.clean.shape)}")
+        b = self.clean.shape[0]
+        if self.corrupted.shape != self.clean.shape:
+            raise PromptAlignmentError(
+                f"clean tokens {tuple(self.clean.shape)} and corrupted tokens "
+                f"{tuple(self.corrupted.shape)} differ in shape; pairs must align position by position"
+            )
+        for name in ("answers", "wrong_answers", "lengths", "groups"):
+            t = getattr(self, name)
+            if t.shape != (b,):
+                raise ValueError(f"{name} must have shape ({b},), got {tuple(t.shape)}")
+        for name, pos in self.positions.items():
+            if pos.shape != (b,):
+                raise ValueError(f"position {name!r} must have shape ({b},), got {tuple(pos.shape)}")
+            bad = (pos < 0) | (pos >= self.lengths)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise PromptAlignmentError(
+                    f"position {name!r} of prompt {i} is {int(pos[i])}, outside its length {int(self.lengths[i])}"
+                )
+        if "END" not in self.positions:
+            raise ValueError("positions must include 'END' (the token where the answer is predicted)")
+        if (self.positions["END"] != self.lengths - 1).any():
+            raise PromptAlignmentError("positions['END'] must be lengths - 1 for every prompt")
+        if (self.lengths > self.clean.shape[1]).any() or (self.lengths < 1).any():
+            raise ValueError("lengths must lie in [1, pos]")
+        # Padding beyond each length must be identical in clean and corrupted.
+        ar = torch.arange(self.clean.shape[1])
+        pad_region = ar[None, :] >= self.lengths[:, None]
+        if (self.clean[pad_region] != self.pad_token_id).any() or (
+            self.corrupted[pad_region] != self.pad_token_id
+        ).any():
+            raise PromptAlignmentError("tokens after a prompt's length must be pad_token_id in clean and corrupted")
+        if self.answer_candidates is not None:
+            k = self.answer_candidates.shape[0]
+            if self.answer_mask is None or self.answer_mask.shape != (b, k):
+                raise ValueError(f"answer_mask must have shape ({b}, {k})")
+
+    # --------------------------------------------------------------- basics
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.clean.shape[1])
+
+    @property
+    def position_names(self) -> list[str]:
+        return list(self.positions)
+
+    @property
+    def device(self) -> torch.device:
+        return self.clean.device
+
+    @property
+    def attention_mask(self) -> Bool[Tensor, "batch pos"]:
+        """True at real tokens, False at right padding."""
+        ar = torch.arange(self.n_pos, device=self.device)
+        return ar[None, :] < self.lengths[:, None]
+
+    def to(self, device: str | torch.device) -> PromptSet:
+        """A copy with every tensor on ``device``."""
+        return self._map(lambda t: t.to(device))
+
+    def subset(self, idx: Sequence[int] | Tensor | slice) -> PromptSet:
+        """The prompts at ``idx`` (indices, bool mask or slice), trimmed of unused padding."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        idx = torch.as_tensor(idx)
+        if idx.dtype == torch.bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"bool mask must have shape ({len(self)},), got {tuple(idx.shape)}")
+            idx = idx.nonzero().flatten()
+        idx = idx.long().cpu()
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"subset index out of range for a PromptSet of {len(self)} prompts")
+        dev_idx = idx.to(self.device)
+        max_len = int(self.lengths[dev_idx].max()) if len(idx) else 1
+
+        def pick_list(xs: list) -> list:
+            return [xs[i] for i in idx.tolist()] if xs else []
+
+        out = self._map(lambda t: t[dev_idx], rows_only=True)
+        out.clean = out.clean[:, :max_len]
+        out.corrupted = out.corrupted[:, :max_len]
+        out.clean_text = pick_list(self.clean_text)
+        out.corrupted_text = pick_list(self.corrupted_text)
+        out.answer_text = pick_list(self.answer_text)
+        out.wrong_text = pick_list(self.wrong_text)
+        out.provenance = {**self.provenance, "subset_of": len(self)}
+        out.validate()
+        return out
+
+    def group_subsets(self) -> dict[str, PromptSet]:
+        """One PromptSet per group (template) id, keyed by group name."""
+        out = {}
+        for g in sorted(set(self.groups.tolist())):
+            name = self.group_names[g] if g < len(self.group_names) else str(g)
+            out[name] = self.subset(self.groups == g)
+        return out
+
+    def length_subsets(self) -> dict[int, PromptSet]:
+        """One PromptSet per prompt length: no padding inside each."""
+        return {int(n): self.subset(self.lengths == n) for n in sorted(set(self.lengths.tolist()))}
+
+    def generation_prompts(self, which: str = "clean") -> list[list[int]]:
+        """Unpadded token id lists (BOS included if present), for generation."""
+        toks = self.clean if which == "clean" else self.corrupted
+        return [toks[i, : int(n)].tolist() for i, n in enumerate(self.lengths)]
+
+    def _map(self, fn, rows_only: bool = False) -> PromptSet:
+        cands = self.answer_candidates
+        return PromptSet(
+            task=self.task,
+            clean=fn(self.clean),
+            corrupted=fn(self.corrupted),
+            answers=fn(self.answers),
+            wrong_answers=fn(self.wrong_answers),
+            lengths=fn(self.lengths),
+            positions={k: fn(v) for k, v in self.positions.items()},
+            groups=fn(self.groups),
+            pad_token_id=self.pad_token_id,
+            clean_text=list(self.clean_text),
+            corrupted_text=list(self.corrupted_text),
+            answer_text=list(self.answer_text),
+            wrong_text=list(self.wrong_text),
+            group_names=list(self.group_names),
+            answer_candidates=None if cands is None else (cands if rows_only else fn(cands)),
+            answer_mask=None if self.answer_mask is None else fn(self.answer_mask),
+            provenance=dict(self.provenance),
+        )
+
+    # ------------------------------------------------------------ serialise
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict holding everything (tensors as lists)."""
+
+        def lst(t: Tensor | None):
+            return None if t is None else t.cpu().tolist()
+
+        return {
+            "task": self.task,
+            "clean": lst(self.clean),
+            "corrupted": lst(self.corrupted),
+            "answers": lst(self.answers),
+            "wrong_answers": lst(self.wrong_answers),
+            "lengths": lst(self.lengths),
+            "positions": {k: lst(v) for k, v in self.positions.items()},
+            "groups": lst(self.groups),
+            "pad_token_id": self.pad_token_id,
+            "clean_text": self.clean_text,
+            "corrupted_text": self.corrupted_text,
+            "answer_text": self.answer_text,
+            "wrong_text": self.wrong_text,
+            "group_names": self.group_names,
+            "answer_candidates": lst(self.answer_candidates),
+            "answer_mask": lst(self.answer_mask),
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptSet:
+        return cls(**d)
+
+    def describe(self) -> dict[str, Any]:
+        """A short JSON description of how the set was made (no token data)."""
+        return {
+            "task": self.task,
+            "n": len(self),
+            "max_len": self.n_pos,
+            "lengths": sorted(set(self.lengths.tolist())),
+            "positions": self.position_names,
+            "groups": len(set(self.groups.tolist())),
+            **self.provenance,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the set as JSON atomically (temp file, then rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PromptSet:
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,42 @@
+"""Tokenizers the project builds itself: the zoo's word-level tokenizer.
+
+The word-level tokenizer splits on whitespace, isolates every punctuation mark,
+and cuts digit runs into chunks of at most two digits ("1732" -> "17", "32"),
+so years and numbers below 100 are single tokens. It is saved as an ordinary
+``tokenizer.json`` that plain ``transformers`` loads.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "unk": "<unk>"}
+
+
+def word_level_tokenizer(words: Iterable[str], extra_tokens: Iterable[str] = ()):
+    """A ``PreTrainedTokenizerFast`` whose vocabulary is the specials + ``words``.
+
+    Ids: 0 <pad>, 1 <bos> (also eos), 2 <unk>, then extra tokens, then sorted words.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [SPECIAL_TOKENS["pad"], SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["unk"]]
+    vocab: dict[str, int] = {}
+    for w in [*specials, *extra_tokens, *sorted(set(words))]:
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
+    ])
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["bos"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        unk_token=SPECIAL_TOKENS["unk"],
+    )
