@@ -105,6 +105,32 @@ def _cached_snapshot(hub_id: str, revision: str | None) -> str | None:
         return None
 
 
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_local_tokenizer(directory: str):
+    """The tokenizer of a local checkpoint, honouring a generic declared class.
+
+    transformers 5 picks the tokenizer class from the model type (Qwen2 ->
+    Qwen2Tokenizer), which mangles a word-level ``tokenizer.json``. When the
+    checkpoint declares a generic class, load exactly its ``tokenizer.json``.
+    Returns None to let the bridge load the tokenizer its usual way.
+    """
+    import json
+
+    cfg_path = Path(directory) / "tokenizer_config.json"
+    if not (Path(directory) / "tokenizer.json").is_file() or not cfg_path.is_file():
+        return None
+    declared = json.loads(cfg_path.read_text()).get("tokenizer_class")
+    if declared not in _GENERIC_TOKENIZERS:
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    # add_bos_token=True: the bridge keeps a tokenizer that already has it, instead of
+    # re-creating one through AutoTokenizer (which would pick the model-type class again)
+    return PreTrainedTokenizerFast.from_pretrained(directory, add_bos_token=True)
+
+
 def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_kwargs: Any):
     """Load ``spec`` as a ``TransformerBridge`` in eval mode (raw-HF numerics).
 
@@ -133,6 +159,10 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
     dev = device or default_device()
     if revision is not None:
         boot_kwargs.setdefault("revision", revision)
+    if kind in ("zoo", "local") and "tokenizer" not in boot_kwargs:
+        tok = load_local_tokenizer(location)
+        if tok is not None:
+            boot_kwargs["tokenizer"] = tok
     try:
         model = TransformerBridge.boot_transformers(location, device=dev, dtype=torch_dtype, **boot_kwargs)
     except OSError as e:

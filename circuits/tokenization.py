@@ -8,7 +8,7 @@ so years and numbers below 100 are single tokens. It is saved as an ordinary
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "unk": "<unk>"}
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import random
 import re
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ class Piece:
     text: str
     attach: bool
     slot: str | None = None
+    newline: bool = False  # a newline (not a space) precedes it
 
 
 def parse_template(template: str) -> tuple[Piece, ...]:
@@ -46,10 +48,9 @@ def parse_template(template: str) -> tuple[Piece, ...]:
     for m in _PIECE.finditer(template):
         tok = m.group(0)
         attach = m.start() > 0 and not template[m.start() - 1].isspace()
-        if tok.startswith("{") and tok.endswith("}"):
-            pieces.append(Piece(tok, attach, tok[1:-1]))
-        else:
-            pieces.append(Piece(tok, attach))
+        newline = m.start() > 0 and template[m.start() - 1] == "\n"
+        slot = tok[1:-1] if tok.startswith("{") and tok.endswith("}") else None
+        pieces.append(Piece(tok, attach, slot, newline))
     return tuple(pieces)
 
 
@@ -60,7 +61,7 @@ def render(pieces: Sequence[Piece], fill: dict[str, str]) -> tuple[str, dict[str
     n = 0
     for i, p in enumerate(pieces):
         word = fill[p.slot] if p.slot is not None else p.text
-        sep = "" if (i == 0 or p.attach) else " "
+        sep = "" if (i == 0 or p.attach) else ("\n" if p.newline else " ")
         start = n + len(sep)
         out.append(sep + word)
         n = start + len(word)
@@ -91,6 +92,7 @@ class TokenizerView:
         self.tok = tokenizer
         self.name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
         self.bos_id = tokenizer.bos_token_id
+        self.unk_id = tokenizer.unk_token_id
         pad = tokenizer.pad_token_id
         for alt in (tokenizer.eos_token_id, tokenizer.bos_token_id, 0):
             if pad is None:
@@ -123,7 +125,8 @@ class TokenizerView:
             texts = [left + sep + w for w in todo]
             for w, text, (ids, offs) in zip(todo, texts, self.encode(texts)):
                 idx = self.token_at(offs, (len(text) - len(w), len(text)))
-                self._probe_cache[(left, w, attach)] = None if idx is None else int(ids[idx])
+                ok = idx is not None and ids[idx] != self.unk_id
+                self._probe_cache[(left, w, attach)] = int(ids[idx]) if ok else None
         return {w: self._probe_cache[(left, w, attach)] for w in words}
 
     def single_tokens(self, words: Sequence[str], *, task: str, what: str, minimum: int,
@@ -233,6 +236,10 @@ def tokenize_examples(spec: TaskSpec, view: TokenizerView, examples: list[Exampl
                 pos[slot] = idx + off
             rows.append(([view.bos_id] if use_bos else []) + list(ids))
             poss.append(pos)
+        if reason is None and view.unk_id is not None and any(view.unk_id in r for r in rows):
+            j = 2 * i + (view.unk_id not in rows[0])
+            unknown = [texts[j][a:b] for t, (a, b) in zip(encoded[j][0], encoded[j][1]) if t == view.unk_id]
+            reason = f"words unknown to the tokenizer: {sorted(set(unknown))}"
         if reason is None and (len(rows[0]) != len(rows[1]) or poss[0] != poss[1]):
             reason = f"clean and corrupted prompts do not align ({len(rows[0])} vs {len(rows[1])} tokens)"
         last_piece = parsed[ex.template][-1]
@@ -295,13 +302,12 @@ def to_prompt_set(spec: TaskSpec, view: TokenizerView, items: list[Tokenized], u
 
     names = sorted(set().union(*[set(t.positions) for t in items]))
     positions: dict[str, torch.Tensor] = {}
-    for name in names:
-        vals = [t.positions.get(name, -1) for t in items]
-        if min(vals) >= 0:  # only slots present in every prompt become named positions
-            positions[name] = torch.tensor(vals)
+    for name in names:  # -1 marks a slot this prompt's template does not have
+        positions[name] = torch.tensor([t.positions.get(name, -1) for t in items])
     for name, (base, delta) in spec.derived_positions.items():
         if base in positions:
-            positions[name] = positions[base] + delta
+            p = positions[base]
+            positions[name] = torch.where(p >= 0, p + delta, p)
     positions["END"] = torch.tensor(lengths) - 1
 
     cands = mask = None

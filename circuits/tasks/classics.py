@@ -75,9 +75,14 @@ class GreaterThan(Task):
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         years = set(pools["years"])
+        if "01" not in years:
+            from circuits.tasks.base import TaskVocabularyError
+
+            raise TaskVocabularyError("greater_than: the corruption year '01' is not a single token after '17' "
+                                      "in this tokenizer")
         yy = rng.randint(2, 98)
         noun, cc = rng.choice(pools["nouns"]), rng.choice(pools["centuries"])
-        if f"{yy:02d}" not in years or "01" not in years or not in_split((noun, cc, yy), opts["split"]):
+        if f"{yy:02d}" not in years or not in_split((noun, cc, yy), opts["split"]):
             return None
         clean = {"NOUN": noun, "CC1": cc, "YY": f"{yy:02d}", "CC2": cc}
         mask = [int(y) > yy for y in vocab.YEARS_2D]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from circuits.tasks import vocab
 from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
 

@@ -7,8 +7,6 @@ import re
 from typing import Any, ClassVar
 
 from circuits.prompts import PromptSet
-
-_WORD = re.compile(r"[^\W_]+|\S")
 from circuits.tasks.base import (
     Example,
     TaskSpec,
@@ -19,6 +17,8 @@ from circuits.tasks.base import (
     sample_examples,
     to_prompt_set,
 )
+
+_WORD = re.compile(r"[^\W_]+|\S")
 
 
 class Task:
@@ -69,6 +69,8 @@ class Task:
     def build(self, tokenizer: Any, n: int, seed: int = 0, prepend_bos: bool | None = None,
               **options: Any) -> PromptSet:
         """Build ``n`` clean/corrupted pairs for ``tokenizer`` (seeded, deterministic)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of prompts, got {n!r}")
         opts = self.options(**options)
         view = TokenizerView(tokenizer)
         pools: dict[str, list[str]] = {}

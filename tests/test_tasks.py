@@ -1,0 +1,192 @@
+"""Every task builds on every tokenizer, and its prompts mean what they claim."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from circuits.prompts import PromptSet
+from circuits.tasks import TaskVocabularyError, build_task, get_task, list_tasks
+from tests.conftest import TOKENIZERS
+
+ALL_TASKS = list_tasks()
+
+
+def word(tok, token_id: int) -> str:
+    """The surface word of a token id (byte-level 'Ġ' marker removed)."""
+    return tok.convert_ids_to_tokens(int(token_id)).replace("Ġ", "").strip()
+
+
+def test_registry_lists_the_issue_tasks():
+    assert set(ALL_TASKS) == {"ioi", "colored_objects", "mental_math", "recall", "reasoning",
+                              "induction", "greater_than"}
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_task_builds_on_every_tokenizer(task, kind, tokenizers):
+    tok = tokenizers[kind]
+    ps = build_task(task, tok, n=24, seed=3)
+    assert isinstance(ps, PromptSet) and len(ps) == 24
+    assert ps.clean.shape == ps.corrupted.shape
+    # BOS first, the answer word decodes to the answer text, END is the last real token
+    assert (ps.clean[:, 0] == tok.bos_token_id).all()
+    for i in range(len(ps)):
+        assert word(tok, ps.answers[i]) == ps.answer_text[i]
+        assert word(tok, ps.wrong_answers[i]) == ps.wrong_text[i]
+        n = int(ps.lengths[i])
+        assert (ps.clean[i, n:] == ps.pad_token_id).all()
+        # the tokens re-decode to the prompt text (word-level joins with spaces)
+        decoded = tok.decode(ps.clean[i, 1:n].tolist())
+        assert re.sub(r"\s", "", decoded) == re.sub(r"\s", "", ps.clean_text[i])
+    # clean and corrupted differ somewhere in every pair, and only at named slots
+    named = torch.stack([p for k, p in ps.positions.items() if k != "END"], 1) if len(ps.positions) > 1 else None
+    diff = ps.clean != ps.corrupted
+    assert diff.any(1).all()
+    if named is not None:
+        for i in range(len(ps)):
+            changed = set(diff[i].nonzero().flatten().tolist())
+            assert changed <= set(named[i].tolist()) - {-1}, (task, ps.clean_text[i], ps.corrupted_text[i])
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_ioi_positions_and_corruptions(kind, tokenizers):
+    tok = tokenizers[kind]
+    ps = build_task("ioi", tok, n=40, seed=0, corruption="abc")
+    idx = torch.arange(len(ps))
+    c, k = ps.clean, ps.corrupted
+    P = ps.positions
+    assert set(P) >= {"IO", "S1", "S1+1", "S2", "END"}
+    assert (c[idx, P["IO"]] == ps.answers).all()
+    assert (c[idx, P["S1"]] == ps.wrong_answers).all()
+    assert (c[idx, P["S2"]] == ps.wrong_answers).all()
+    assert (P["S1+1"] == P["S1"] + 1).all()
+    # ABC: three distinct names, none of them IO or S
+    names = torch.stack([k[idx, P["IO"]], k[idx, P["S1"]], k[idx, P["S2"]]], 1)
+    for row, a, s in zip(names.tolist(), ps.answers.tolist(), ps.wrong_answers.tolist()):
+        assert len(set(row)) == 3 and a not in row and s not in row
+    # both orders appear, BABA has S1 before IO
+    baba = ps.groups < 15
+    assert baba.any() and (~baba).any()
+    assert (P["S1"][baba] < P["IO"][baba]).all() and (P["IO"][~baba] < P["S1"][~baba]).all()
+
+    flip = build_task("ioi", tok, n=20, seed=0, corruption="s2_io")
+    i2 = torch.arange(len(flip))
+    assert (flip.corrupted[i2, flip.positions["S2"]] == flip.answers).all()
+
+
+def test_ioi_order_option(word_tokenizer):
+    assert (build_task("ioi", word_tokenizer, n=10, order="ABBA").groups >= 15).all()
+    assert (build_task("ioi", word_tokenizer, n=10, order="BABA").groups < 15).all()
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_mental_math_answers_are_right(kind, tokenizers):
+    tok = tokenizers[kind]
+    ps = build_task("mental_math", tok, n=40, seed=1)
+    for text, ans, ctext, wrong in zip(ps.clean_text, ps.answer_text, ps.corrupted_text, ps.wrong_text):
+        assert eval(text.rstrip("= ")) == int(ans)
+        assert eval(ctext.rstrip("= ")) == int(wrong) != int(ans)
+    assert len(set(ps.groups.tolist())) > 1  # several forms, several lengths
+    assert len(set(ps.lengths.tolist())) > 1
+
+
+def test_colored_objects_answer_is_the_queried_objects_color(word_tokenizer):
+    ps = build_task("colored_objects", word_tokenizer, n=30, seed=2, shots=1)
+    for text, ans, wrong in zip(ps.clean_text, ps.answer_text, ps.wrong_text):
+        question = text.split("\n")[-1]
+        queried = re.search(r"What color is the (\w+)\?", question).group(1)
+        assert re.search(rf"\b{ans} {queried}\b", question)
+        assert wrong != ans and wrong in question
+
+
+def test_reasoning_answer_follows_the_chain(word_tokenizer):
+    ps = build_task("reasoning", word_tokenizer, n=30, seed=4)
+    for text, ans in zip(ps.clean_text, ps.answer_text):
+        facts = dict(re.findall(r"the (\w+) is in (?:the )?(\w+)\.", text))
+        query = re.search(r"the (\w+) is in$", text).group(1)
+        assert facts[facts[query]] == ans
+
+
+def test_recall_uses_the_fact_table(word_tokenizer):
+    from circuits.tasks.vocab import toyworld_facts
+
+    facts = toyworld_facts()
+    ps = build_task("recall", word_tokenizer, n=30, seed=5)
+    for text, ans, ctext, wrong in zip(ps.clean_text, ps.answer_text, ps.corrupted_text, ps.wrong_text):
+        ent = next(e for e in facts if re.search(rf"\b{e}\b", text))
+        ent2 = next(e for e in facts if re.search(rf"\b{e}\b", ctext))
+        assert facts[ent] == ans and facts[ent2] == wrong != ans
+
+
+def test_induction_answer_is_the_token_after_the_first_occurrence(word_tokenizer):
+    ps = build_task("induction", word_tokenizer, n=20, seed=6, seq_len=5)
+    idx = torch.arange(len(ps))
+    assert (ps.clean[idx, ps.positions["SRC"]] == ps.answers).all()
+    assert (ps.corrupted[idx, ps.positions["SRC"]] == ps.wrong_answers).all()
+    assert (ps.clean[idx, ps.positions["PREV"]] == ps.clean[idx, ps.positions["END"]]).all()
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_greater_than_candidates(kind, tokenizers):
+    tok = tokenizers[kind]
+    ps = build_task("greater_than", tok, n=20, seed=7)
+    assert ps.answer_candidates is not None
+    cand_words = [word(tok, c) for c in ps.answer_candidates]
+    for i, text in enumerate(ps.clean_text):
+        yy = int(re.search(r"year \d\d(\d\d) to", text).group(1))
+        correct = {w for w, m in zip(cand_words, ps.answer_mask[i].tolist()) if m}
+        assert correct == {w for w in cand_words if int(w) > yy}
+        assert "year 1" in ps.corrupted_text[i] and re.search(r"\d\d01 to", ps.corrupted_text[i])
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_builds_are_deterministic(task, word_tokenizer):
+    a = build_task(task, word_tokenizer, n=12, seed=11)
+    b = build_task(task, word_tokenizer, n=12, seed=11)
+    c = build_task(task, word_tokenizer, n=12, seed=12)
+    assert torch.equal(a.clean, b.clean) and torch.equal(a.corrupted, b.corrupted)
+    assert not torch.equal(a.clean, c.clean) or not torch.equal(a.corrupted, c.corrupted)
+
+
+@pytest.mark.parametrize("task", ["ioi", "recall", "mental_math", "colored_objects"])
+def test_train_and_test_splits_are_disjoint(task, word_tokenizer):
+    tr = build_task(task, word_tokenizer, n=60, seed=0, split="train")
+    te = build_task(task, word_tokenizer, n=60, seed=0, split="test")
+    assert not set(tr.clean_text) & set(te.clean_text)
+
+
+def test_too_few_single_token_words_is_a_clear_error():
+    from circuits.tasks.vocab import NAMES
+    from circuits.tokenization import word_level_tokenizer
+
+    tok = word_level_tokenizer(["Then", ",", "and", "went", "to", "the", "store", ".", "gave", "a",
+                                "drink", *NAMES[:3]])
+    tok.name_or_path = "tiny-vocab"
+    with pytest.raises(TaskVocabularyError) as e:
+        build_task("ioi", tok, n=4)
+    msg = str(e.value)
+    assert "tiny-vocab" in msg and "names" in msg and NAMES[0] in msg and NAMES[10] in msg
+
+
+def test_bad_options_and_names_are_clear_errors(word_tokenizer):
+    with pytest.raises(KeyError, match="available tasks"):
+        get_task("nope")
+    with pytest.raises(TypeError, match="no option"):
+        build_task("ioi", word_tokenizer, n=4, colour="red")
+    with pytest.raises(ValueError, match="corruption"):
+        build_task("ioi", word_tokenizer, n=4, corruption="nope")
+    with pytest.raises(ValueError, match="split"):
+        build_task("recall", word_tokenizer, n=4, split="dev")
+    with pytest.raises(ValueError, match="positive"):
+        build_task("induction", word_tokenizer, n=0)
+
+
+def test_texts_and_vocabulary_need_no_tokenizer():
+    t = get_task("ioi")
+    rows = t.texts(5, seed=0)
+    assert len(rows) == 5 and all(isinstance(p, str) and a for p, a, _ in rows)
+    v = t.vocabulary()
+    assert "Mary" in v and "gave" in v and "," in v
