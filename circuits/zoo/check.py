@@ -1,0 +1,94 @@
+"""zoo-check: load every bundled model through ``load_model`` and test its targets.
+
+Targets (issue: the zoo):
+  * toyworld: >= 95% held-out top-1 accuracy on every task;
+  * toyworld@<step>: at least four checkpoints; the earliest fails a task (< 60%);
+  * reasoner-sft: short thinking in 10-40% of samples, and its accuracy at least
+    10 points below long thinking;
+  * reasoner-grpo: at least 5 points of accuracy over reasoner-sft;
+  * all bundled weights together <= 60 MiB.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from circuits.zoo import ZOO_DIR, list_zoo
+
+SIZE_BUDGET_MIB = 60.0
+
+
+def weights_mib(root: Path = ZOO_DIR) -> float:
+    return sum(p.stat().st_size for p in root.glob("*/model.safetensors")) / 2**20
+
+
+def checkpoints(names: list[str]) -> list[str]:
+    return sorted((n for n in names if re.fullmatch(r"toyworld@\d+", n)), key=lambda n: int(n.split("@")[1]))
+
+
+def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
+    """Measured numbers for each bundled model (loaded through load_model, on CPU)."""
+    from circuits.models import load_model
+    from circuits.zoo import toyworld
+    from circuits.zoo.evaluate import evaluate_reasoner, evaluate_tasks
+
+    names = names or list_zoo()
+    out: dict[str, Any] = {}
+    for name in names:
+        model = load_model(f"zoo:{name}", device="cpu")
+        tok = model.tokenizer
+        if name.startswith("toyworld"):
+            out[name] = {"tasks": evaluate_tasks(model, tok, toyworld.EVAL_TASKS, n=n)}
+        elif name == "reasoner-base":
+            out[name] = evaluate_reasoner(model.original_model, tok, n=2 * n, direct=True)
+        elif name.startswith("reasoner-"):
+            out[name] = evaluate_reasoner(model.original_model, tok, n=3 * n)
+        out[name]["n_params"] = sum(p.numel() for p in model.original_model.parameters())
+    return out
+
+
+def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool, str]]:
+    """(target, passed, detail) rows."""
+    rows: list[tuple[str, bool, str]] = []
+    if "toyworld" in measured:
+        for task, r in measured["toyworld"]["tasks"].items():
+            rows.append((f"toyworld {task} >= 95%", r["accuracy"] >= 0.95, f"{r['accuracy']:.1%}"))
+    ck = checkpoints(names)
+    rows.append(("toyworld has >= 4 checkpoints", len(ck) >= 4, ", ".join(ck) or "none"))
+    if ck and ck[0] in measured:
+        worst = min(measured[ck[0]]["tasks"].items(), key=lambda kv: kv[1]["accuracy"])
+        rows.append((f"earliest checkpoint {ck[0]} fails a task (< 60%)", worst[1]["accuracy"] < 0.60,
+                     f"{worst[0]} {worst[1]['accuracy']:.1%}"))
+    sft = measured.get("reasoner-sft")
+    if sft:
+        rows.append(("reasoner-sft short thinking in 10-40%", 0.10 <= sft["short_rate"] <= 0.40,
+                     f"{sft['short_rate']:.1%}"))
+        gap = (sft["accuracy_long"] or 0) - (sft["accuracy_short"] or 0)
+        rows.append(("reasoner-sft short accuracy >= 10 pts below long", gap >= 0.10,
+                     f"long {sft['accuracy_long']:.1%} vs short {sft['accuracy_short']:.1%}"))
+    grpo = measured.get("reasoner-grpo")
+    if grpo and sft:
+        gain = grpo["accuracy"] - sft["accuracy"]
+        rows.append(("reasoner-grpo >= +5 pts over reasoner-sft", gain >= 0.05,
+                     f"{sft['accuracy']:.1%} -> {grpo['accuracy']:.1%}"))
+    mib = weights_mib()
+    rows.append((f"bundled weights <= {SIZE_BUDGET_MIB:.0f} MiB", mib <= SIZE_BUDGET_MIB, f"{mib:.1f} MiB"))
+    return rows
+
+
+def report(measured: dict[str, Any], rows: list[tuple[str, bool, str]]) -> str:
+    lines = ["model                 task/metric          accuracy  logit diff"]
+    for name, r in measured.items():
+        if "tasks" in r:
+            for task, v in r["tasks"].items():
+                lines.append(f"{name:21s} {task:20s} {v['accuracy']:8.1%}  {v['logit_diff']:9.2f}")
+        else:
+            extra = "" if "short_rate" not in r else (
+                f"  short {r['short_rate']:.1%} (acc {r['accuracy_short']}), long acc {r['accuracy_long']}")
+            lines.append(f"{name:21s} {'arithmetic':20s} {r['accuracy']:8.1%}{extra}")
+    lines.append("")
+    for target, ok, detail in rows:
+        lines.append(f"[{'PASS' if ok else 'FAIL'}] {target}: {detail}")
+    return "\n".join(lines)

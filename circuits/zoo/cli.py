@@ -1,0 +1,70 @@
+"""`circuits zoo train|check`: rebuild the zoo, or check its targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from circuits.zoo import ZOO_DIR, list_zoo
+
+
+def _check(names: list[str], write_cards: bool = False) -> int:
+    from circuits.zoo import check
+
+    t0 = time.time()
+    all_names = list_zoo()
+    if not all_names:
+        print("no zoo models are bundled (run `make zoo`)")
+        return 1
+    unknown = [n for n in names if n not in all_names]
+    if unknown:
+        raise KeyError(f"unknown zoo model(s) {unknown}; available: {all_names}")
+    measured = check.measure(names or all_names)
+    rows = check.verdicts(measured, all_names)
+    print(check.report(measured, rows))
+    print(f"\nzoo-check took {time.time() - t0:.1f} s")
+    if write_cards:
+        from circuits.zoo.cards import write_cards as write
+
+        write(measured)
+        (ZOO_DIR / "zoo-check.json").write_text(json.dumps(
+            {"measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]},
+            indent=2) + "\n")
+    return 0 if all(ok for _, ok, _ in rows) else 1
+
+
+def _train(names: list[str]) -> int:
+    """Retrain into a temp folder, then swap the new models in (nothing half-written)."""
+    from circuits.zoo import reasoner, toyworld
+
+    recipes = {"toyworld": toyworld.build, "reasoner": reasoner.build}
+    todo = names or list(recipes)
+    bad = [n for n in todo if n not in recipes]
+    if bad:
+        raise KeyError(f"unknown zoo recipe(s) {bad}; recipes: {list(recipes)}")
+    t0 = time.time()
+    ZOO_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ZOO_DIR.parent, prefix=".zoo-train-"))
+    try:
+        for n in todo:
+            recipes[n](tmp)
+        for d in sorted(tmp.iterdir()):
+            dest = ZOO_DIR / d.name
+            if dest.exists():
+                shutil.rmtree(dest)
+            d.replace(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"trained {todo} in {(time.time() - t0) / 60:.1f} min")
+    return _check([], write_cards=True)
+
+
+def run(action: str, names: list[str]) -> int:
+    if action == "check":
+        return _check(names)
+    if action == "train":
+        return _train(names)
+    raise ValueError(f"unknown zoo action {action!r}")

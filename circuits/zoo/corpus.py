@@ -1,0 +1,117 @@
+"""Synthetic training corpora for the zoo, built from the task builders themselves.
+
+Each training example is a task's clean prompt followed by its answer token; the
+loss is taken only where the answer is predicted, so the model learns the
+tasks, not the (random) prompt words. Filler sentences carry a full LM loss so
+that no single format dominates. Held-out combinations (``split="test"``) are
+never trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from circuits.tasks import all_task_words, get_task
+
+FILLER_TEMPLATES = [
+    "{N} likes the {C} {O} .",
+    "the {O} is next to the {P} .",
+    "{N} and {N2} walked to the {P} .",
+    "{N} has a {C} {O} and a {C2} {O2} .",
+    "the {I} is on the {S} .",
+    "{A} {B} {A2} {B2} {A} {B} .",
+    "the {P} was quiet and {N} read a {O} .",
+]
+
+
+def zoo_vocabulary() -> list[str]:
+    """All words of the zoo's word-level tokenizer: every task word plus filler words."""
+    words = set(all_task_words())
+    for t in FILLER_TEMPLATES:
+        words.update(w for w in t.split() if not w.startswith("{"))
+    return sorted(words)
+
+
+@dataclass
+class Sequences:
+    """Training rows of varying length: token ids and where the loss is taken."""
+
+    tokens: list[list[int]]
+    loss_pos: list[list[int]]  # positions p whose next-token prediction (token p+1) is trained
+    source: list[str]
+
+
+def task_sequences(task: str, tokenizer, n: int, seed: int, split: str, options: dict) -> Sequences:
+    """``n`` prompt+answer rows of ``task`` (answer-only loss)."""
+    ps = get_task(task).build(tokenizer, n=n, seed=seed, split=split, **options)
+    rng = torch.Generator().manual_seed(seed)
+    toks, pos = [], []
+    for i in range(len(ps)):
+        n_i = int(ps.lengths[i])
+        ans = int(ps.answers[i])
+        if ps.answer_candidates is not None:  # sample uniformly from the correct answer set
+            ok = ps.answer_candidates[ps.answer_mask[i]]
+            ans = int(ok[torch.randint(len(ok), (1,), generator=rng)])
+        toks.append(ps.clean[i, :n_i].tolist() + [ans])
+        pos.append([n_i - 1])
+    return Sequences(toks, pos, [task] * len(toks))
+
+
+def filler_sequences(tokenizer, n: int, seed: int) -> Sequences:
+    """``n`` filler sentences with a full LM loss."""
+    from circuits.tasks import vocab
+
+    rng = random.Random(seed)
+    pools = {"N": vocab.NAMES, "C": vocab.COLORS, "O": vocab.COLOR_OBJECTS, "P": vocab.PLACES,
+             "I": vocab.ITEMS, "S": vocab.SURFACES, "A": vocab.INDUCTION_WORDS, "B": vocab.CITIES}
+    toks, pos = [], []
+    bos = tokenizer.bos_token_id
+    for _ in range(n):
+        t = rng.choice(FILLER_TEMPLATES)
+        words = []
+        for w in t.split():
+            if w.startswith("{"):
+                key = w[1:-1].rstrip("2")
+                words.append(rng.choice(pools[key]))
+            else:
+                words.append(w)
+        ids = [bos] + tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        toks.append(ids)
+        pos.append(list(range(len(ids) - 1)))
+    return Sequences(toks, pos, ["filler"] * n)
+
+
+def merge(parts: list[Sequences], seed: int) -> Sequences:
+    rows = [(t, p, s) for part in parts for t, p, s in zip(part.tokens, part.loss_pos, part.source)]
+    random.Random(seed).shuffle(rows)
+    return Sequences([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def batches(seqs: Sequences, batch_size: int, pad_id: int, seed: int, epochs: int = 1):
+    """Yield (tokens [b, L], loss_mask [b, L]) batches of similar length (little padding).
+
+    ``loss_mask[b, p]`` is True where the prediction at p (of token p+1) is trained.
+    """
+    order = list(range(len(seqs.tokens)))
+    rng = random.Random(seed)
+    for _ in range(epochs):
+        rng.shuffle(order)
+        # bucket: sort chunks of 50 batches by length, then shuffle the batches
+        chunk = batch_size * 50
+        out = []
+        for c in range(0, len(order), chunk):
+            part = sorted(order[c : c + chunk], key=lambda i: len(seqs.tokens[i]))
+            out += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+        rng.shuffle(out)
+        for idx in out:
+            L = max(len(seqs.tokens[i]) for i in idx)
+            toks = torch.full((len(idx), L), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.bool)
+            for r, i in enumerate(idx):
+                t = seqs.tokens[i]
+                toks[r, : len(t)] = torch.tensor(t)
+                mask[r, seqs.loss_pos[i]] = True
+            yield toks, mask

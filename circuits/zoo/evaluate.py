@@ -1,0 +1,87 @@
+"""Held-out evaluation of zoo models: per-task top-1 accuracy and mean logit difference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from circuits import metrics
+from circuits.tasks import get_task
+
+
+@torch.no_grad()
+def end_logits_of(model: Any, ps) -> torch.Tensor:
+    """[batch, vocab] logits at END for an HF model or a TransformerBridge."""
+    out = model(ps.clean)
+    logits = out.logits if hasattr(out, "logits") else out
+    return metrics.end_logits(logits, ps)
+
+
+@torch.no_grad()
+def evaluate_tasks(model: Any, tokenizer: Any, tasks: dict[str, dict], n: int = 200, seed: int = 12345,
+                   split: str = "test", batch_size: int = 100) -> dict[str, dict[str, float]]:
+    """{task: {"accuracy", "logit_diff", "n"}} on ``n`` freshly drawn prompts per task."""
+    out = {}
+    for name, options in tasks.items():
+        ps = get_task(name).build(tokenizer, n=n, seed=seed, split=split, **options)
+        accs, lds = [], []
+        for start in range(0, n, batch_size):
+            sub = ps.subset(slice(start, start + batch_size))
+            lg = end_logits_of(model, sub)
+            accs.append(metrics.accuracy(lg, sub, reduce="none"))
+            lds.append(metrics.logit_diff(lg, sub, reduce="none"))
+        out[name] = {"accuracy": round(float(torch.cat(accs).mean()), 4),
+                     "logit_diff": round(float(torch.cat(lds).mean()), 3), "n": n}
+    return out
+
+
+SHORT_THINKING_MAX = 2  # "<think> </think>": no steps at all
+
+
+@torch.no_grad()
+def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242,
+                      temperature: float | None = None, direct: bool = False) -> dict[str, Any]:
+    """Arithmetic accuracy of a reasoner; with thinking stats unless ``direct``.
+
+    ``direct``: the answer is the argmax right after "=" (reasoner-base).
+    Otherwise completions are sampled at ``temperature`` (default: the recipe's)
+    and split into short (<= 2 thinking tokens: no steps) and long traces.
+    """
+    import random
+    from collections import Counter
+
+    from circuits.zoo import arithmetic as ar
+    from circuits.zoo import reasoner
+
+    rng = random.Random(seed)
+    problems = [ar.sample_problem(rng) for _ in range(n)]
+    if direct:
+        correct = 0
+        for p in problems:
+            ids = [tokenizer.bos_token_id] + tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+            out = model(torch.tensor([ids]))
+            logits = out.logits if hasattr(out, "logits") else out
+            pred = tokenizer.convert_ids_to_tokens(int(logits[0, -1].argmax()))
+            correct += pred == str(p.answer)
+        return {"accuracy": round(correct / n, 4), "n": n, "mode": "direct answer (greedy)"}
+    temp = reasoner.TEMPERATURE if temperature is None else temperature
+    comps = reasoner.sample(model, tokenizer, problems, n_samples=1, temperature=temp, seed=seed)
+    scores = [s[0] for s in reasoner.score(tokenizer, problems, comps)]
+    lengths = [length for _, length in scores]
+    short = [ok for ok, length in scores if 0 < length <= SHORT_THINKING_MAX]
+    long_ = [ok for ok, length in scores if length > SHORT_THINKING_MAX]
+
+    def rate(xs: list[bool]) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    return {
+        "accuracy": rate([ok for ok, _ in scores]),
+        "short_rate": round(len(short) / n, 4),
+        "accuracy_short": rate(short),
+        "accuracy_long": rate(long_),
+        "unclosed_rate": round(sum(1 for x in lengths if x < 0) / n, 4),
+        "thinking_length_histogram": dict(sorted(Counter(lengths).items())),
+        "n": n,
+        "temperature": temp,
+    }

@@ -1,0 +1,108 @@
+"""Recipe for ``zoo:toyworld``: one GPT-2 trained on every task of the suite.
+
+Deterministic: ``build(seed)`` gives the same weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuits.zoo import corpus
+from circuits.zoo.train import TrainSettings, train
+
+# task -> (share of the training mixture, build options). Zoo-specific options keep
+# answers single tokens in the word-level vocabulary and the model small.
+MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
+    "ioi": (0.20, {}),
+    "colored_objects": (0.18, {}),
+    "mental_math": (0.20, {"forms": ("add", "sub", "addsub"), "max_value": 20}),
+    "recall": (0.06, {}),
+    "reasoning": (0.16, {}),
+    "induction": (0.08, {}),
+    "greater_than": (0.05, {}),
+    "filler": (0.07, {}),
+}
+EVAL_TASKS = {t: opts for t, (_, opts) in MIXTURE.items() if t != "filler"}
+
+MODEL = dict(n_embd=128, n_layer=4, n_head=4, n_positions=64)
+SETTINGS = dict(steps=6000, lr=2e-3, warmup=200, weight_decay=0.1)
+BATCH_SIZE = 128
+MAX_ROWS = 300_000  # unique training rows; batches cycle through them
+CHECKPOINTS = [200, 500, 1000, 2000, 4000]
+SEED = 0
+
+
+def make_tokenizer():
+    from circuits.tokenization import word_level_tokenizer
+
+    return word_level_tokenizer(corpus.zoo_vocabulary())
+
+
+def make_corpus(tokenizer, n_total: int, seed: int) -> corpus.Sequences:
+    parts = []
+    for i, (task, (share, opts)) in enumerate(MIXTURE.items()):
+        n = max(1, int(share * n_total))
+        if task == "filler":
+            parts.append(corpus.filler_sequences(tokenizer, n, seed + i))
+        else:
+            parts.append(corpus.task_sequences(task, tokenizer, n, seed + i, "train", opts))
+    return corpus.merge(parts, seed)
+
+
+def make_model(tokenizer, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **MODEL)
+    return GPT2LMHeadModel(cfg)
+
+
+def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
+          save_checkpoints: bool = True) -> dict[str, Any]:
+    """Train toyworld (and its checkpoints) into ``out_dir``/toyworld[@step]."""
+    from circuits.zoo.save import save_zoo_model
+
+    torch.manual_seed(seed)
+    tok = make_tokenizer()
+    s = TrainSettings(**{**SETTINGS, **({"steps": steps} if steps else {})},
+                      checkpoint_steps=CHECKPOINTS if save_checkpoints else [])
+    n_rows = min(MAX_ROWS, s.steps * BATCH_SIZE)
+    seqs = make_corpus(tok, n_rows, seed)
+    model = make_model(tok, seed)
+    recipe = {"recipe": "circuits.zoo.toyworld", "seed": seed, "model": MODEL, "settings": SETTINGS,
+              "batch_size": BATCH_SIZE, "mixture": {k: v[0] for k, v in MIXTURE.items()},
+              "task_options": {k: v[1] for k, v in MIXTURE.items()}, "training_rows": n_rows}
+
+    def on_ckpt(step: int, m) -> None:
+        if step < s.steps:
+            save_zoo_model(m, tok, Path(out_dir) / f"toyworld@{step}", {**recipe, "step": step})
+
+    batches = corpus.batches(seqs, BATCH_SIZE, tok.pad_token_id, seed, epochs=1000)
+    losses = train(model, batches, s, on_checkpoint=on_ckpt, desc="toyworld")
+    recipe["train_seconds"] = round(model.train_seconds, 1)
+    recipe["final_loss"] = round(sum(losses[-50:]) / 50, 4)
+    save_zoo_model(model, tok, Path(out_dir) / "toyworld", {**recipe, "step": s.steps})
+    return recipe
+
+
+if __name__ == "__main__":  # quick experiment: python -m circuits.zoo.toyworld OUT [steps]
+    import sys
+
+    from circuits.zoo.evaluate import evaluate_tasks
+
+    out = sys.argv[1]
+    torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else torch.get_num_threads())
+    r = build(out, steps=int(sys.argv[2]) if len(sys.argv) > 2 else None, save_checkpoints=True)
+    from transformers import AutoModelForCausalLM
+
+    from circuits.models import load_local_tokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(Path(out) / "toyworld").eval()
+    print(json.dumps(r, indent=1))
+    print(json.dumps(evaluate_tasks(m, load_local_tokenizer(str(Path(out) / "toyworld")), EVAL_TASKS), indent=1))
