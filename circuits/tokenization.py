@@ -18,7 +18,7 @@ def word_level_tokenizer(words: Iterable[str], extra_tokens: Iterable[str] = ())
 
     Ids: 0 <pad>, 1 <bos> (also eos), 2 <unk>, then extra tokens, then sorted words.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [SPECIAL_TOKENS["pad"], SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["unk"]]
@@ -33,6 +33,10 @@ def word_level_tokenizer(words: Iterable[str], extra_tokens: Iterable[str] = ())
         pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
     ])
     tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins with spaces
+    # words the pre-tokenizer would cut apart (e.g. "<think>") are matched whole
+    whole = [w for w in vocab if w not in specials and len(tk.pre_tokenizer.pre_tokenize_str(w)) > 1]
+    if whole:
+        tk.add_tokens([AddedToken(w, single_word=False, normalized=False) for w in whole])
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
         bos_token=SPECIAL_TOKENS["bos"],

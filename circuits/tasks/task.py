@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from typing import Any, ClassVar
 
 from circuits.prompts import PromptSet
@@ -17,8 +16,6 @@ from circuits.tasks.base import (
     sample_examples,
     to_prompt_set,
 )
-
-_WORD = re.compile(r"[^\W_]+|\S")
 
 
 class Task:
@@ -109,20 +106,22 @@ class Task:
         return [(render(parsed[ex.template], ex.clean)[0], ex.answer, ex.template) for ex in examples]
 
     def vocabulary(self, **options: Any) -> set[str]:
-        """Every word piece this task can emit (template words, fills, answers)."""
+        """Every word piece this task can emit: template pieces, fill words and answers."""
         opts = self.options(**options)
         words: set[str] = set()
-        for pool in self.word_pools(opts).values():
+        pools = self.word_pools(opts)
+        for pool in pools.values():
             words.update(pool)
         spec = self.spec(opts)
         for t in spec.templates:
             words.update(p.text for p in parse_template(t) if p.slot is None)
         if spec.answer_candidates:
             words.update(spec.answer_candidates)
-        # words a sampler emits outside the pools (articles, operators, ...)
-        for prompt, answer, _ in self.texts(200, seed=0, **options):
-            words.update(_WORD.findall(prompt))
-            words.add(answer)
+        # fill words a sampler emits outside the pools (articles, operators, ...)
+        for ex in sample_examples(300, 0, lambda rng: self.sample(rng, pools, opts), self.name):
+            words.update(ex.clean.values())
+            words.update(ex.corrupted.values())
+            words.update((ex.answer, ex.wrong))
         return words
 
 

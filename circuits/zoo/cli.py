@@ -36,21 +36,40 @@ def _check(names: list[str], write_cards: bool = False) -> int:
     return 0 if all(ok for _, ok, _ in rows) else 1
 
 
-def _train(names: list[str]) -> int:
-    """Retrain into a temp folder, then swap the new models in (nothing half-written)."""
-    from circuits.zoo import reasoner, toyworld
+RECIPES = {"toyworld": "circuits.zoo.toyworld", "reasoner": "circuits.zoo.reasoner"}
 
-    recipes = {"toyworld": toyworld.build, "reasoner": reasoner.build}
-    todo = names or list(recipes)
-    bad = [n for n in todo if n not in recipes]
+
+def _run_recipe(name: str, out: str) -> str:
+    """Run one recipe single-threaded (bitwise reproducible whatever the core count)."""
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(1)
+    importlib.import_module(RECIPES[name]).build(out)
+    return name
+
+
+def _train(names: list[str]) -> int:
+    """Retrain into a temp folder, then swap the new models in (nothing half-written).
+
+    Recipes run in parallel processes, one core each.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = names or list(RECIPES)
+    bad = [n for n in todo if n not in RECIPES]
     if bad:
-        raise KeyError(f"unknown zoo recipe(s) {bad}; recipes: {list(recipes)}")
+        raise KeyError(f"unknown zoo recipe(s) {bad}; recipes: {list(RECIPES)}")
     t0 = time.time()
     ZOO_DIR.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ZOO_DIR.parent, prefix=".zoo-train-"))
     try:
-        for n in todo:
-            recipes[n](tmp)
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=len(todo), mp_context=mp.get_context("spawn")) as pool:
+            for done in pool.map(_run_recipe, todo, [str(tmp)] * len(todo)):
+                print(f"recipe {done} finished after {(time.time() - t0) / 60:.1f} min")
         for d in sorted(tmp.iterdir()):
             dest = ZOO_DIR / d.name
             if dest.exists():

@@ -70,7 +70,7 @@ def train(model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         if on_checkpoint is not None and (step + 1) in s.checkpoint_steps:

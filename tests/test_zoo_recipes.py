@@ -1,0 +1,136 @@
+"""The zoo's recipe machinery: corpora, the training loop, arithmetic traces, targets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from circuits.zoo import arithmetic as ar
+from circuits.zoo import corpus
+from circuits.zoo.check import verdicts
+from circuits.zoo.train import TrainSettings, lr_at, masked_lm_loss, train
+
+
+@pytest.fixture(scope="module")
+def zoo_tok():
+    from circuits.zoo.toyworld import make_tokenizer
+
+    return make_tokenizer()
+
+
+def test_zoo_vocabulary_covers_every_task(zoo_tok):
+    from circuits.tasks import list_tasks
+    from circuits.zoo.toyworld import EVAL_TASKS
+
+    assert set(EVAL_TASKS) == set(list_tasks())
+    for task, opts in EVAL_TASKS.items():
+        seqs = corpus.task_sequences(task, zoo_tok, 30, seed=1, split="train", options=opts)
+        assert all(zoo_tok.unk_token_id not in row for row in seqs.tokens)
+
+
+def test_task_sequences_train_only_on_the_answer(zoo_tok):
+    from circuits.tasks import build_task
+
+    seqs = corpus.task_sequences("ioi", zoo_tok, 20, seed=3, split="train", options={})
+    ps = build_task("ioi", zoo_tok, n=20, seed=3, split="train")
+    for i, (row, pos) in enumerate(zip(seqs.tokens, seqs.loss_pos)):
+        assert pos == [len(row) - 2]  # the prediction at END is the only trained one
+        assert row[-1] == int(ps.answers[i])
+    again = corpus.task_sequences("ioi", zoo_tok, 20, seed=3, split="train", options={})
+    assert again.tokens == seqs.tokens
+
+
+def test_greater_than_rows_sample_correct_years(zoo_tok):
+    seqs = corpus.task_sequences("greater_than", zoo_tok, 50, seed=0, split="train", options={})
+    for row in seqs.tokens:
+        words = zoo_tok.convert_ids_to_tokens(row)
+        yy, ans = int(words[8]), int(words[-1])
+        assert ans > yy
+
+
+def test_batches_mask_and_pad(zoo_tok):
+    seqs = corpus.filler_sequences(zoo_tok, 40, seed=0)
+    b = next(corpus.batches(seqs, 16, zoo_tok.pad_token_id, seed=0))
+    toks, mask = b
+    assert toks.shape[0] == 16 and mask.shape == toks.shape
+    assert not mask[toks == zoo_tok.pad_token_id].any()
+
+
+def tiny_gpt2(vocab: int, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=16, n_layer=1, n_head=2, n_positions=64,
+                                      resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+
+
+def test_masked_loss_matches_full_cross_entropy():
+    m = tiny_gpt2(50).eval()
+    toks = torch.randint(0, 50, (3, 7))
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, 2] = mask[1, 5] = mask[2, 0] = True
+    logits = m(toks).logits
+    ref = torch.nn.functional.cross_entropy(
+        torch.stack([logits[0, 2], logits[1, 5], logits[2, 0]]), torch.stack([toks[0, 3], toks[1, 6], toks[2, 1]]))
+    torch.testing.assert_close(masked_lm_loss(m, toks, mask), ref)
+
+
+def test_training_is_deterministic_and_learns(zoo_tok):
+    seqs = corpus.task_sequences("recall", zoo_tok, 64, seed=0, split="train", options={})
+    states = []
+    for _ in range(2):
+        m = tiny_gpt2(len(zoo_tok), seed=5)
+        losses = train(m, corpus.batches(seqs, 16, zoo_tok.pad_token_id, seed=0, epochs=50),
+                       TrainSettings(steps=40, lr=3e-3, warmup=5))
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_lr_schedule():
+    s = TrainSettings(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)
+    assert lr_at(99, s) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_arithmetic_problems_and_traces():
+    rng = random.Random(0)
+    for _ in range(200):
+        p = ar.sample_problem(rng)
+        assert p.answer == eval(p.prompt.rstrip(" ="))
+        assert all(0 <= v <= ar.MAX_VALUE for v in p.partials())
+        ans, length = ar.parse_completion(f"{p.long_trace()} {p.answer}".split())
+        assert ans == p.answer and length == len(p.long_trace().split())
+    assert ar.parse_completion("<think> </think> 7".split()) == (7, 2)
+    assert ar.parse_completion("<think> 1 + 2".split()) == (None, -1)
+
+
+def test_sft_traces_short_rate_and_errors():
+    rng = random.Random(1)
+    rows = [ar.sft_text(ar.sample_problem(rng), rng, 0.3, 0.5) for _ in range(2000)]
+    short = [t for t, s in rows if s]
+    assert 0.25 < len(short) / len(rows) < 0.35
+    wrong = 0
+    for t in short:
+        prompt, rest = t.split(" = ")
+        wrong += eval(prompt) != int(rest.split()[-1])
+    assert 0.4 < wrong / len(short) < 0.6
+
+
+def test_verdicts_flag_failures():
+    task = lambda a: {"accuracy": a, "logit_diff": 1.0, "n": 10}  # noqa: E731
+    measured = {
+        "toyworld": {"tasks": {"ioi": task(0.97), "recall": task(0.90)}},
+        "toyworld@100": {"tasks": {"ioi": task(0.3), "recall": task(0.9)}},
+        "reasoner-sft": {"accuracy": 0.8, "short_rate": 0.5, "accuracy_short": 0.6, "accuracy_long": 0.85},
+        "reasoner-grpo": {"accuracy": 0.9},
+    }
+    rows = {t: ok for t, ok, _ in verdicts(measured, ["toyworld", "toyworld@100"])}
+    assert rows["toyworld ioi >= 95%"] and not rows["toyworld recall >= 95%"]
+    assert not rows["toyworld has >= 4 checkpoints"]
+    assert rows["earliest checkpoint toyworld@100 fails a task (< 60%)"]
+    assert not rows["reasoner-sft short thinking in 10-40%"]
+    assert rows["reasoner-sft short accuracy >= 10 pts below long"]
+    assert rows["reasoner-grpo >= +5 pts over reasoner-sft"]
