@@ -17,8 +17,8 @@ import random
 from dataclasses import dataclass
 
 THINK, END_THINK = "<think>", "</think>"
-MAX_VALUE = 99
-OPERAND_MAX = 30
+MAX_VALUE = 30
+OPERAND_MAX = 9
 
 
 @dataclass(frozen=True)

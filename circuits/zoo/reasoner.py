@@ -28,10 +28,10 @@ TEMPERATURE = 1.0
 MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=48)
 BASE = dict(steps=1500, lr=2e-3, warmup=100)
-SFT = dict(steps=1200, lr=1e-3, warmup=50)
-SFT_SHORT_RATE = 0.25
+SFT = dict(steps=2000, lr=1e-3, warmup=50)
+SFT_SHORT_RATE = 0.2
 SFT_SHORT_ERROR_RATE = 0.4
-GRPO = dict(steps=60, prompts=32, group=8, lr=1e-4)
+GRPO = dict(steps=80, prompts=32, group=8, lr=2e-4)
 BATCH_SIZE = 128
 
 

@@ -16,20 +16,24 @@ from circuits.zoo.train import TrainSettings, train
 
 # task -> (share of the training mixture, build options). Zoo-specific options keep
 # answers single tokens in the word-level vocabulary and the model small.
+# colored_objects uses the object-first phrasing ("a cup that is blue"): with the
+# paper's color-first phrasing the answer must be read through a value composed by
+# a previous-token head, which this model never discovered within the budget
+# (held-out accuracy stayed at chance, 31%, after 6000 steps).
 MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
-    "ioi": (0.20, {}),
-    "colored_objects": (0.18, {}),
-    "mental_math": (0.20, {"forms": ("add", "sub", "addsub"), "max_value": 20}),
-    "recall": (0.06, {}),
-    "reasoning": (0.16, {}),
-    "induction": (0.08, {}),
+    "ioi": (0.13, {}),
+    "colored_objects": (0.25, {"order": "object_first"}),
+    "mental_math": (0.22, {"forms": ("add", "sub"), "max_value": 20}),
+    "recall": (0.05, {}),
+    "reasoning": (0.14, {}),
+    "induction": (0.07, {}),
     "greater_than": (0.05, {}),
-    "filler": (0.07, {}),
+    "filler": (0.09, {}),
 }
 EVAL_TASKS = {t: opts for t, (_, opts) in MIXTURE.items() if t != "filler"}
 
 MODEL = dict(n_embd=128, n_layer=4, n_head=4, n_positions=64)
-SETTINGS = dict(steps=6000, lr=2e-3, warmup=200, weight_decay=0.1)
+SETTINGS = dict(steps=8000, lr=2e-3, warmup=200, weight_decay=0.1)
 BATCH_SIZE = 128
 MAX_ROWS = 300_000  # unique training rows; batches cycle through them
 CHECKPOINTS = [200, 500, 1000, 2000, 4000]
