@@ -190,3 +190,22 @@ def test_texts_and_vocabulary_need_no_tokenizer():
     assert len(rows) == 5 and all(isinstance(p, str) and a for p, a, _ in rows)
     v = t.vocabulary()
     assert "Mary" in v and "gave" in v and "," in v
+
+
+@pytest.mark.parametrize("options", [{"question": "statement"}, {"order": "object_first"},
+                                     {"order": "object_first", "question": "statement"}])
+def test_colored_objects_variants(options, word_tokenizer):
+    ps = build_task("colored_objects", word_tokenizer, n=30, seed=8, **options)
+    for text, ans, wrong in zip(ps.clean_text, ps.answer_text, ps.wrong_text):
+        if options.get("order") == "object_first":
+            queried = re.search(r"(?:What color is the (\w+)\?|The (\w+) is)", text).group(1, 2)
+            queried = queried[0] or queried[1]
+            assert re.search(rf"\b{queried} that is {ans}\b", text)
+        else:
+            queried = re.search(r"The (\w+) is$", text).group(1)
+            assert re.search(rf"\b{ans} {queried}\b", text)
+        assert wrong != ans and wrong in text
+    with pytest.raises(ValueError, match="object_first"):
+        build_task("colored_objects", word_tokenizer, n=2, order="object_first", shots=1)
+    with pytest.raises(ValueError, match="order"):
+        build_task("colored_objects", word_tokenizer, n=2, order="sideways")

@@ -23,6 +23,8 @@ _QUESTION = ("Q: On the {SURF}, {START} {A0} {C0} {O0}, {A1} {C1} {O1}, and {A2}
              "What color is the {QO}? A:")
 _QUESTION_OBJECT_FIRST = ("Q: On the {SURF}, {START} {A0} {O0} that is {C0}, {A1} {O1} that is {C1}, and "
                           "{A2} {O2} that is {C2}. What color is the {QO}? A:")
+_STATEMENT_OBJECT_FIRST = ("On the {SURF}, {START} {A0} {O0} that is {C0}, {A1} {O1} that is {C1}, and "
+                           "{A2} {O2} that is {C2}. The {QO} is")
 _STATEMENT = ("On the {SURF}, {START} {A0} {C0} {O0}, {A1} {C1} {O1}, and {A2} {C2} {O2}. "
               "The {QO} is")
 QUESTIONS = ("qa", "statement")
@@ -50,8 +52,8 @@ class ColoredObjects(Task):
             raise ValueError(f"colored_objects: question must be one of {QUESTIONS}, got {opts['question']!r}")
         if opts["order"] not in ORDERS:
             raise ValueError(f"colored_objects: order must be one of {ORDERS}, got {opts['order']!r}")
-        if opts["order"] == "object_first" and (opts["question"] != "qa" or opts["shots"]):
-            raise ValueError("colored_objects: order='object_first' needs question='qa' and shots=0")
+        if opts["order"] == "object_first" and opts["shots"]:
+            raise ValueError("colored_objects: order='object_first' needs shots=0")
         if opts["shots"] and opts["question"] != "qa":
             raise ValueError("colored_objects: shots=1 needs question='qa'")
 
@@ -61,10 +63,10 @@ class ColoredObjects(Task):
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
         templates = []
         for start in STARTS:
-            if opts["order"] == "object_first":
-                t = _QUESTION_OBJECT_FIRST.replace("{START}", start)
-            else:
-                t = (_QUESTION if opts["question"] == "qa" else _STATEMENT).replace("{START}", start)
+            forms = {("qa", "color_first"): _QUESTION, ("statement", "color_first"): _STATEMENT,
+                     ("qa", "object_first"): _QUESTION_OBJECT_FIRST,
+                     ("statement", "object_first"): _STATEMENT_OBJECT_FIRST}
+            t = forms[(opts["question"], opts["order"])].replace("{START}", start)
             if opts["shots"]:
                 t = _SHOT.replace("{START}", start) + t
             templates.append(t)
