@@ -52,7 +52,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         return 0
     from circuits.zoo import cli as zoo_cli  # recipes: heavy imports only here
 
-    return zoo_cli.run(args.action, names=args.names)
+    return zoo_cli.run(args.action, names=args.names, write_cards=args.write_cards)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("zoo", help="the bundled model organisms: list, check, train")
     s.add_argument("action", choices=["list", "check", "train"])
     s.add_argument("names", nargs="*", help="zoo model names (default: all)")
+    s.add_argument("--write-cards", action="store_true",
+                   help="with check: rewrite the model cards and zoo-check.json from the measured numbers")
     s.set_defaults(fn=_cmd_zoo)
     return p
 

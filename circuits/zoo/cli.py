@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from circuits.io import atomic_write_text
 from circuits.zoo import ZOO_DIR, list_zoo
 
 
@@ -30,7 +31,7 @@ def _check(names: list[str], write_cards: bool = False) -> int:
         from circuits.zoo.cards import write_cards as write
 
         write(measured)
-        (ZOO_DIR / "zoo-check.json").write_text(json.dumps(
+        atomic_write_text(ZOO_DIR / "zoo-check.json", json.dumps(
             {"measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]},
             indent=2) + "\n")
     return 0 if all(ok for _, ok, _ in rows) else 1
@@ -81,9 +82,9 @@ def _train(names: list[str]) -> int:
     return _check([], write_cards=True)
 
 
-def run(action: str, names: list[str]) -> int:
+def run(action: str, names: list[str], write_cards: bool = False) -> int:
     if action == "check":
-        return _check(names)
+        return _check(names, write_cards=write_cards)
     if action == "train":
         return _train(names)
     raise ValueError(f"unknown zoo action {action!r}")

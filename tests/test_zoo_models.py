@@ -1,0 +1,107 @@
+"""The bundled zoo: loads offline, meets its targets, and solves tasks through attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits import metrics
+from circuits.models import load_model
+from circuits.tasks import build_task
+from circuits.zoo import ZOO_DIR, list_zoo
+from circuits.zoo.toyworld import EVAL_TASKS
+
+IN_CONTEXT = ["ioi", "colored_objects", "reasoning", "induction"]
+
+
+@pytest.fixture(scope="module")
+def toyworld():
+    return load_model("zoo:toyworld", device="cpu")
+
+
+def test_the_zoo_is_bundled():
+    names = list_zoo()
+    assert "toyworld" in names
+    assert {"reasoner-base", "reasoner-sft", "reasoner-grpo"} <= set(names)
+    assert sum(n.startswith("toyworld@") for n in names) >= 4
+    for n in names:
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.json"):
+            assert (ZOO_DIR / n / f).is_file(), (n, f)
+
+
+@pytest.mark.parametrize("name", ["toyworld", "reasoner-grpo"])
+def test_plain_transformers_loads_the_checkpoint(name, toyworld):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    path = ZOO_DIR / name
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    tok = PreTrainedTokenizerFast.from_pretrained(path)
+    assert tok("the key is in", add_special_tokens=False)["input_ids"] == \
+        load_model(f"zoo:{name}", device="cpu").tokenizer("the key is in", add_special_tokens=False)["input_ids"]
+    if name == "toyworld":
+        ps = build_task("ioi", toyworld.tokenizer, n=4, seed=0)
+        with torch.no_grad():
+            torch.testing.assert_close(hf(ps.clean).logits, toyworld(ps.clean), atol=1e-4, rtol=1e-4)
+
+
+# Targets the bundled weights are known to miss (see the zoo issue's note). Strict xfail:
+# a target that starts to pass fails this test, so the list cannot go stale.
+KNOWN_SHORTFALLS: dict[str, str] = {
+    "toyworld colored_objects >= 95%": "stays at the 1-in-3 chance plateau (34.5% held-out); recipe open",
+    "toyworld mental_math >= 95%": "add/sub to 20 reaches 27.5% held-out in 8000 steps; needs more steps",
+    "toyworld recall >= 95%": "held-out phrasings 89% (100% at step 4000, forgotten late); recipe open",
+}
+
+TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [
+    "toyworld has >= 4 checkpoints",
+    "earliest checkpoint toyworld@200 fails a task (< 60%)",
+    "reasoner-sft short thinking in 10-40%",
+    "reasoner-sft short accuracy >= 10 pts below long",
+    "reasoner-grpo >= +5 pts over reasoner-sft",
+    "bundled weights <= 60 MiB",
+]
+
+
+@pytest.fixture(scope="module")
+def verdicts():
+    from circuits.zoo import check
+
+    names = list_zoo()
+    return {t: (ok, d) for t, ok, d in check.verdicts(check.measure(names, n=100), names)}
+
+
+@pytest.mark.parametrize("target", [
+    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=KNOWN_SHORTFALLS[t])) if t in KNOWN_SHORTFALLS else t
+    for t in TARGETS
+])
+def test_zoo_target_on_a_small_held_out_sample(target, verdicts):
+    assert target in verdicts, sorted(verdicts)
+    ok, detail = verdicts[target]
+    assert ok, f"{target}: {detail}"
+
+
+def knock_out_end_attention(model, ps):
+    """Hooks that let the END query read only itself, in every layer."""
+    end = ps.positions["END"]
+    rows = torch.arange(len(ps))
+
+    def hook(pattern, hook):
+        p = pattern.clone()
+        p[rows, :, end, :] = 0.0
+        p[rows, :, end, end] = 1.0
+        return p
+
+    return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in range(model.cfg.n_layers)]
+
+
+@pytest.mark.parametrize("task", [
+    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=KNOWN_SHORTFALLS[f"toyworld {t} >= 95%"]))
+    if f"toyworld {t} >= 95%" in KNOWN_SHORTFALLS else t for t in IN_CONTEXT
+])
+def test_in_context_tasks_go_through_attention(task, toyworld):
+    ps = build_task(task, toyworld.tokenizer, n=100, seed=99, split="test", **EVAL_TASKS[task])
+    with torch.no_grad():
+        clean = metrics.accuracy(toyworld(ps.clean), ps).item()
+        knocked = toyworld.run_with_hooks(ps.clean, fwd_hooks=knock_out_end_attention(toyworld, ps))
+    assert clean >= 0.9
+    assert metrics.accuracy(knocked, ps).item() < 0.5
