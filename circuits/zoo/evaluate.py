@@ -56,14 +56,17 @@ def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242
 
     rng = random.Random(seed)
     problems = [ar.sample_problem(rng) for _ in range(n)]
-    if direct:
+    if direct:  # one batched forward per prompt length (3- and 4-operand prompts)
         correct = 0
+        by_len: dict[int, list[tuple[list[int], int]]] = {}
         for p in problems:
             ids = [tokenizer.bos_token_id] + tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-            out = model(torch.tensor([ids]))
+            by_len.setdefault(len(ids), []).append((ids, p.answer))
+        for rows in by_len.values():
+            out = model(torch.tensor([ids for ids, _ in rows]))
             logits = out.logits if hasattr(out, "logits") else out
-            pred = tokenizer.convert_ids_to_tokens(int(logits[0, -1].argmax()))
-            correct += pred == str(p.answer)
+            preds = tokenizer.convert_ids_to_tokens(logits[:, -1].argmax(-1).tolist())
+            correct += sum(pred == str(ans) for pred, (_, ans) in zip(preds, rows))
         return {"accuracy": round(correct / n, 4), "n": n, "mode": "direct answer (greedy)"}
     temp = reasoner.TEMPERATURE if temperature is None else temperature
     comps = reasoner.sample(model, tokenizer, problems, n_samples=1, temperature=temp, seed=seed)
