@@ -67,20 +67,14 @@ def filler_sequences(tokenizer, n: int, seed: int) -> Sequences:
     rng = random.Random(seed)
     pools = {"N": vocab.NAMES, "C": vocab.COLORS, "O": vocab.COLOR_OBJECTS, "P": vocab.PLACES,
              "I": vocab.ITEMS, "S": vocab.SURFACES, "A": vocab.INDUCTION_WORDS, "B": vocab.CITIES}
-    toks, pos = [], []
-    bos = tokenizer.bos_token_id
+    sentences = []
     for _ in range(n):
         t = rng.choice(FILLER_TEMPLATES)
-        words = []
-        for w in t.split():
-            if w.startswith("{"):
-                key = w[1:-1].rstrip("2")
-                words.append(rng.choice(pools[key]))
-            else:
-                words.append(w)
-        ids = [bos] + tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
-        toks.append(ids)
-        pos.append(list(range(len(ids) - 1)))
+        words = [rng.choice(pools[w[1:-1].rstrip("2")]) if w.startswith("{") else w for w in t.split()]
+        sentences.append(" ".join(words))
+    bos = tokenizer.bos_token_id
+    toks = [[bos] + ids for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
+    pos = [list(range(len(ids) - 1)) for ids in toks]
     return Sequences(toks, pos, ["filler"] * n)
 
 

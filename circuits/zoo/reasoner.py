@@ -149,11 +149,11 @@ def grpo(model, tok, seed: int, steps: int, prompts: int, group: int, lr: float)
         for p, cs, sc in zip(probs, comps, scores):
             r = torch.tensor([float(ok) for ok, _ in sc])
             a = (r - r.mean()) / (r.std() + 1e-4)
-            pl = prompt_len(tok, p)
+            prompt = [tok.bos_token_id] + tok(p.prompt, add_special_tokens=False)["input_ids"]
             for c, ai in zip(cs, a.tolist()):
-                rows.append([tok.bos_token_id] + tok(p.prompt, add_special_tokens=False)["input_ids"] + c)
+                rows.append(prompt + c)
                 adv.append(ai)
-                starts.append(pl)
+                starts.append(len(prompt))
         rewards_curve.append(float(sum(ok for sc in scores for ok, _ in sc)) / (prompts * group))
         L = max(len(r) for r in rows)
         x = torch.full((len(rows), L), tok.pad_token_id)
