@@ -80,11 +80,13 @@ def tiny_config(arch: str, vocab_size: int, bos: int, pad: int):
     raise ValueError(arch)
 
 
-def write_tiny_model(path, arch: str, tokenizer, seed: int = 0) -> str:
+def write_tiny_model(path, arch: str, tokenizer, seed: int = 0, initializer_range: float | None = None) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     cfg = tiny_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id or tokenizer.bos_token_id)
+    if initializer_range is not None:
+        cfg.initializer_range = initializer_range
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -112,5 +114,25 @@ def loaded_models(model_dirs):
         if (arch, kind) not in cache:
             cache[(arch, kind)] = load_model(model_dirs[(arch, kind)], device="cpu")
         return cache[(arch, kind)]
+
+    return get
+
+
+ENGINE_ARCHS = ["gpt2", "llama", "qwen2"]
+
+
+@pytest.fixture(scope="session")
+def engine_models(tmp_path_factory, word_tokenizer):
+    """Tiny models with large random weights (so interventions move the metric), word tokenizer."""
+    from circuits.models import load_model
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            path = write_tiny_model(tmp_path_factory.mktemp(f"engine-{arch}"), arch, word_tokenizer, seed=3,
+                                    initializer_range=0.3)
+            cache[arch] = load_model(path, device="cpu")
+        return cache[arch]
 
     return get

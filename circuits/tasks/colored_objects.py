@@ -6,7 +6,9 @@ of the same list, whose color becomes the wrong answer. ``question="statement"``
 ends the prompt with "... The cup is" instead (the object right before END);
 ``order="object_first"`` names each object before its color ("a cup that is
 blue"), which the zoo uses (see circuits.zoo.toyworld).
-Named positions: O0-O2 (objects), C0-C2 (colors), QO (queried object), END.
+``n_objects`` (2-5, or a list for a mixture) sets how many objects the scene lists.
+Named positions: O0.. (objects), C0.. (colors), QO (queried object), END; a
+slot absent from a prompt's template has position -1.
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
 
 STARTS = ["there is", "you see", "I see"]
-_QUESTION = ("Q: On the {SURF}, {START} {A0} {C0} {O0}, {A1} {C1} {O1}, and {A2} {C2} {O2}. "
-             "What color is the {QO}? A:")
-_QUESTION_OBJECT_FIRST = ("Q: On the {SURF}, {START} {A0} {O0} that is {C0}, {A1} {O1} that is {C1}, and "
-                          "{A2} {O2} that is {C2}. What color is the {QO}? A:")
-_STATEMENT_OBJECT_FIRST = ("On the {SURF}, {START} {A0} {O0} that is {C0}, {A1} {O1} that is {C1}, and "
-                           "{A2} {O2} that is {C2}. The {QO} is")
-_STATEMENT = ("On the {SURF}, {START} {A0} {C0} {O0}, {A1} {C1} {O1}, and {A2} {C2} {O2}. "
-              "The {QO} is")
 QUESTIONS = ("qa", "statement")
 ORDERS = ("color_first", "object_first")
-_SHOT = ("Q: On the {SS}, {START} {SA0} {SC0} {SO0}, {SA1} {SC1} {SO1}, and {SA2} {SC2} {SO2}. "
-         "What color is the {SQO}? A: {SANS}\n")
+N_OBJECTS = (2, 3, 4, 5)
+
+
+def _items(n: int, order: str, prefix: str = "") -> str:
+    """'{A0} {C0} {O0}, {A1} {C1} {O1}, and {A2} {C2} {O2}' for n objects."""
+    one = ("{%sA%d} {%sO%d} that is {%sC%d}" if order == "object_first" else "{%sA%d} {%sC%d} {%sO%d}")
+    parts = [one % (prefix, i, prefix, i, prefix, i) for i in range(n)]
+    if n == 2:
+        return f"{parts[0]} and {parts[1]}"
+    return ", ".join(parts[:-1]) + f", and {parts[-1]}"
+
+
+def _scene_text(n: int, order: str, question: str) -> str:
+    lead = "Q: " if question == "qa" else ""
+    tail = "What color is the {QO}? A:" if question == "qa" else "The {QO} is"
+    return f"{lead}On the {{SURF}}, {{START}} {_items(n, order)}. {tail}"
+
+
+_SHOT = "Q: On the {SS}, {START} " + _items(3, "color_first", "S") + ". What color is the {SQO}? A: {SANS}\n"
 
 
 def _article(color: str) -> str:
@@ -40,7 +51,7 @@ def _article(color: str) -> str:
 class ColoredObjects(Task):
     name = "colored_objects"
     description = "Colored Objects: name the color of the queried object; corruption asks about another one."
-    defaults = {"shots": 0, "question": "qa", "order": "color_first", "split": "all"}
+    defaults = {"shots": 0, "question": "qa", "order": "color_first", "n_objects": 3, "split": "all"}
     min_words = {"colors": 3, "objects": 3, "surfaces": 1}
     pool_context = {"colors": ("a", False), "objects": ("the", False), "surfaces": ("the", False)}
 
@@ -52,6 +63,11 @@ class ColoredObjects(Task):
             raise ValueError(f"colored_objects: question must be one of {QUESTIONS}, got {opts['question']!r}")
         if opts["order"] not in ORDERS:
             raise ValueError(f"colored_objects: order must be one of {ORDERS}, got {opts['order']!r}")
+        n_obj = opts["n_objects"]
+        n_obj = n_obj if isinstance(n_obj, (list, tuple)) else (n_obj,)
+        if not n_obj or any(n not in N_OBJECTS for n in n_obj):
+            raise ValueError(f"colored_objects: n_objects must be one of {N_OBJECTS} or a list of them, "
+                             f"got {opts['n_objects']!r}")
         if opts["order"] == "object_first" and opts["shots"]:
             raise ValueError("colored_objects: order='object_first' needs shots=0")
         if opts["shots"] and opts["question"] != "qa":
@@ -60,38 +76,47 @@ class ColoredObjects(Task):
     def word_pools(self, opts: dict[str, Any]) -> dict[str, list[str]]:
         return {"colors": vocab.COLORS, "objects": vocab.COLOR_OBJECTS, "surfaces": vocab.SURFACES}
 
+    @staticmethod
+    def _counts(opts: dict[str, Any]) -> tuple[int, ...]:
+        n = opts["n_objects"]
+        return tuple(n) if isinstance(n, (list, tuple)) else (n,)
+
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
-        templates = []
-        for start in STARTS:
-            forms = {("qa", "color_first"): _QUESTION, ("statement", "color_first"): _STATEMENT,
-                     ("qa", "object_first"): _QUESTION_OBJECT_FIRST,
-                     ("statement", "object_first"): _STATEMENT_OBJECT_FIRST}
-            t = forms[(opts["question"], opts["order"])].replace("{START}", start)
-            if opts["shots"]:
-                t = _SHOT.replace("{START}", start) + t
-            templates.append(t)
-        return TaskSpec(self.name, templates, [f"start={s}" for s in STARTS])
+        templates, groups = [], []
+        for n in self._counts(opts):
+            for start in STARTS:
+                t = _scene_text(n, opts["order"], opts["question"]).replace("{START}", start)
+                if opts["shots"]:
+                    t = _SHOT.replace("{START}", start) + t
+                templates.append(t)
+                groups.append(f"start={start}" if len(self._counts(opts)) == 1 else f"n={n},start={start}")
+        return TaskSpec(self.name, templates, groups)
 
     def _scene(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any],
-               prefix: str = "") -> tuple[dict, list, list]:
-        objs = rng.sample(pools["objects"], 3)
-        cols = rng.sample(pools["colors"], 3)
+               n: int = 3, prefix: str = "") -> tuple[dict, list, list]:
+        objs = rng.sample(pools["objects"], n)
+        cols = rng.sample(pools["colors"], n)
         fill = {f"{prefix}SURF" if not prefix else "SS": rng.choice(pools["surfaces"])}
-        for i in range(3):
+        for i in range(n):
             fill[f"{prefix}A{i}"] = _article(cols[i]) if opts.get("order") != "object_first" else _article(objs[i])
             fill[f"{prefix}C{i}"] = cols[i]
             fill[f"{prefix}O{i}"] = objs[i]
         return fill, objs, cols
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
-        template = rng.randrange(len(STARTS))
-        fill, objs, cols = self._scene(rng, pools, opts)
-        q, other = rng.sample(range(3), 2)
-        if not in_split((*sorted(objs), q, template), opts["split"]):
+        counts = self._counts(opts)
+        ci = rng.randrange(len(counts)) if len(counts) > 1 else 0  # keeps single-count streams unchanged
+        n = counts[ci]
+        start = rng.randrange(len(STARTS))
+        template = ci * len(STARTS) + start
+        fill, objs, cols = self._scene(rng, pools, opts, n)
+        q, other = rng.sample(range(n), 2)
+        key = (*sorted(objs), q, start) if n == 3 else (*sorted(objs), q, start, n)
+        if not in_split(key, opts["split"]):
             return None
         clean = {**fill, "QO": objs[q]}
         if opts["shots"]:
-            shot, sobjs, scols = self._scene(rng, pools, opts, prefix="S")
+            shot, sobjs, scols = self._scene(rng, pools, opts, 3, prefix="S")
             sq = rng.randrange(3)
             clean.update(shot, SQO=sobjs[sq], SANS=scols[sq])
         corrupted = {**clean, "QO": objs[other]}

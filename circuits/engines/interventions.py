@@ -1,0 +1,78 @@
+"""Tiled interventions: many variants of one prompt batch in few forward passes.
+
+An :class:`Edit` overwrites part of one site's activation at one layer with a
+given value. A *variant* is a list of edits applied together; ``run_variants``
+runs every variant on the same prompts, ``T`` variants per forward pass (the
+prompt batch tiled ``T`` times, ``T`` chosen from a memory budget), and returns
+END logits per variant.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.engines import runner
+from circuits.engines.sites import Site, hook_name, write
+
+
+@dataclass
+class Edit:
+    """``act[site@layer][..., head, pos] <- value[..., head, pos]`` (value: [b, ...] like the activation)."""
+
+    site: Site
+    layer: int
+    value: Tensor
+    head: int | None = None
+    pos: Tensor | None = None  # [b] per-prompt position, -1 = untouched; None = all positions
+
+    @property
+    def hook(self) -> str:
+        return hook_name(self.site, self.layer)
+
+
+def _hooks_for(chunk: Sequence[Sequence[Edit]], b: int) -> list[runner.Hook]:
+    by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
+    for t, variant in enumerate(chunk):
+        for e in variant:
+            by_hook[e.hook].append((t, e))
+    n = len(chunk)
+
+    def make(edits: list[tuple[int, Edit]]):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            a = act.clone().reshape(n, b, *act.shape[1:])
+            for t, e in edits:
+                write(a[t], e.value, e.site, e.head, e.pos)
+            return a.reshape(act.shape)
+        return hook
+
+    return [(name, make(edits)) for name, edits in by_hook.items()]
+
+
+@torch.no_grad()
+def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
+                 variants: Sequence[Sequence[Edit]], memory_budget: int | None = None,
+                 progress: bool | str = False, extra_hooks: Sequence[runner.Hook] = ()
+                 ) -> Float[Tensor, "variant batch vocab"]:
+    """END logits of every variant: [n_variants, batch, vocab].
+
+    ``extra_hooks`` apply to every row (e.g. attention masks shared by all variants).
+    """
+    b = tokens.shape[0]
+    per = max(1, runner.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
+    out = []
+    groups = list(runner.chunks(list(variants), per))
+    desc = progress if isinstance(progress, str) else "patching"
+    for chunk in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
+        n = len(chunk)
+        hooks = [*extra_hooks, *_hooks_for(chunk, b)]
+        logits = runner.end_logits(model, runner.tile(tokens, n), runner.tile(end, n), hooks)
+        out.append(logits.reshape(n, b, -1))
+    return torch.cat(out) if out else torch.empty(0, b, 0)

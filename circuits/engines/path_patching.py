@@ -1,0 +1,190 @@
+"""Path patching (Wang et al. 2022, section 3.1; methods.md section 4.3), exact and batched.
+
+For each sender head s and a fixed set of receivers R:
+
+A. run the *source* prompts (corrupted, p_ABC) and cache the senders' outputs;
+B. run the *base* prompts (clean) and cache every attention output;
+C. run the base prompts with every attention layer frozen at its B value except
+   s, whose output is taken from A; MLPs are recomputed (``freeze_mlps=False``,
+   the paper's default: paths through MLPs count) or frozen (direct paths only).
+   Record the receivers' inputs: their q, k or v - or, for the logits receiver,
+   the logits themselves;
+D. run the base prompts with only the receivers' inputs replaced by C's values.
+
+The metric after D, per sender, is the result. All senders share tiled forward
+passes: C and D each cost (n_senders x batch) rows, not one forward per
+(sender, receiver) pair. ``direction="denoise"`` swaps the roles (base =
+corrupted, source = clean), which with ``freeze_mlps=True`` and one receiver
+head equals transformer-lens's ``get_act_patch_direct_path``.
+
+Receivers are ``"logits"`` or head inputs named as in EAP-IG/MIB: ``"a9.h6<q>"``
+(also ``(9, 6, "q")``). With grouped-query attention a ``<k>``/``<v>`` receiver
+patches the keys/values of the head's KV group, which every head of the group reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from circuits.engines import runner
+from circuits.engines.common import Metric, evaluate_metric, model_name, resolve_metric
+from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
+from circuits.engines.scores import Scores
+from circuits.engines.sites import n_kv_heads
+from circuits.prompts import PromptSet
+
+_RECEIVER = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
+
+
+def parse_receiver(spec: Any) -> tuple[int, int, str] | str:
+    """'logits', 'a9.h6<q>' or (9, 6, 'q') -> 'logits' | (layer, head, component)."""
+    if spec == "logits":
+        return "logits"
+    if isinstance(spec, tuple) and len(spec) == 3 and spec[2] in ("q", "k", "v"):
+        return int(spec[0]), int(spec[1]), str(spec[2])
+    m = _RECEIVER.match(str(spec))
+    if not m:
+        raise ValueError(f"bad receiver {spec!r}: expected 'logits', 'a{{L}}.h{{H}}<q|k|v>' or (L, H, 'q')")
+    return int(m[1]), int(m[2]), m[3]
+
+
+def _freeze_hook(base: torch.Tensor, keep_tiles: list[int], n: int):
+    """Hook setting the activation to ``base`` (tiled) except in the tiles listed."""
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        out = runner.tile(base, n).reshape(n, *base.shape).clone()
+        if keep_tiles:
+            mine = act.reshape(n, *base.shape)
+            out[keep_tiles] = mine[keep_tiles]
+        return out.reshape(act.shape)
+    return hook
+
+
+@torch.no_grad()
+def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, senders: Sequence[Any] | None = None,
+                  metric: str | Metric = "logit_diff", direction: str = "noise", freeze_mlps: bool = False,
+                  sender_position: str | None = None, receiver_position: str | None = None,
+                  memory_budget: int | None = None, progress: bool = True) -> Scores:
+    """Effect of each sender head on the metric through its paths to ``receivers`` only.
+
+    Args:
+        receivers: ["logits"] or head inputs (["a7.h3<q>", "a8.h6<q>"], ...), patched jointly.
+        senders: heads to score (default: all); scores are [layer, head] with NaN
+            for heads not scored and the base value for senders with no path.
+        direction: "noise" (the IOI paper: clean run, corrupted sender) or "denoise".
+        sender_position / receiver_position: a named position to restrict the
+            sender's patched output / the receivers' patched inputs to (default: all).
+
+    Returns:
+        Scores over (layer, head) with per-prompt values and baselines
+        (``baseline["base"]`` is the unpatched run the effects are measured from).
+    """
+    fn, metric_name = resolve_metric(metric)
+    ps.validate()
+    ps = ps.to(model.cfg.device)
+    if direction not in ("noise", "denoise"):
+        raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
+    recv = [parse_receiver(r) for r in receivers]
+    if not recv:
+        raise ValueError("path_patching needs at least one receiver")
+    if "logits" in recv and len(recv) > 1:
+        raise ValueError("the logits receiver cannot be combined with head receivers")
+    heads_recv = [r for r in recv if r != "logits"]
+    check_nodes(model, [Node("head", layer, h) for layer, h, _ in heads_recv])
+    snd = check_nodes(model, [parse_node(s) for s in senders]) if senders is not None else all_heads(model)
+    if any(s.kind != "head" for s in snd):
+        raise ValueError("senders must be attention heads")
+
+    base_tok, src_tok = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
+    end = ps.positions["END"]
+    n_layers, b = int(model.cfg.n_layers), len(ps)
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if freeze_mlps else []
+    base_logits, base_store = runner.run_with_store(model, base_tok, end, attn_names + mlp_names)
+    src_logits, src_store = runner.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
+    base_vals = evaluate_metric(fn, base_logits, ps)
+    s_pos = None if sender_position is None else ps.positions[sender_position].long()
+    r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
+    group = int(model.cfg.n_heads) // n_kv_heads(model)
+
+    last_recv = n_layers if recv == ["logits"] else max(layer for layer, _, _ in heads_recv)
+    scored = [s for s in snd if s.layer < last_recv]
+    per = torch.full((n_layers, int(model.cfg.n_heads), b), float("nan"))
+    for s in snd:
+        per[s.layer, s.head] = base_vals.cpu()
+    per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
+    groups = list(runner.chunks(scored, per_chunk))
+    for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
+        n = len(chunk)
+        tokens, ends = runner.tile(base_tok, n), runner.tile(end, n)
+        # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
+        hooks: list[runner.Hook] = []
+        for layer in range(n_layers):
+            own = [t for t, s in enumerate(chunk) if s.layer == layer]
+            hooks.append((attn_names[layer], _freeze_hook(base_store[attn_names[layer]], own, n)))
+            if freeze_mlps:
+                hooks.append((mlp_names[layer], _freeze_hook(base_store[mlp_names[layer]], [], n)))
+            if own:
+                def patch_z(act, hook, own=own, layer=layer):
+                    a = act.clone().reshape(n, b, *act.shape[1:])
+                    src = src_store[z_names[layer]]
+                    for t in own:
+                        h = chunk[t].head
+                        if s_pos is None:
+                            a[t, :, :, h] = src[:, :, h]
+                        else:
+                            rows = torch.nonzero(s_pos >= 0).flatten()
+                            a[t, rows, s_pos[rows], h] = src[rows, s_pos[rows], h]
+                    return a.reshape(act.shape)
+                hooks.append((z_names[layer], patch_z))
+        if recv == ["logits"]:
+            logits = runner.end_logits(model, tokens, ends, hooks).reshape(n, b, -1)
+        else:
+            names = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+            _, got = runner.run_with_store(model, tokens, ends, names, hooks)
+            # pass D: only the receivers' inputs take pass C's values
+            d_hooks = []
+            for name in names:
+                layer, comp = int(name.split(".")[1]), name[-1]
+                idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
+
+                def set_recv(act, hook, name=name, idx=idx):
+                    a = act.clone()
+                    c = got[name]
+                    if r_pos is None:
+                        a[:, :, idx] = c[:, :, idx]
+                    else:
+                        rows = torch.nonzero(runner.tile(r_pos, n) >= 0).flatten()
+                        p = runner.tile(r_pos, n)[rows]
+                        for h in idx:
+                            a[rows, p, h] = c[rows, p, h]
+                    return a
+                d_hooks.append((name, set_recv))
+            logits = runner.end_logits(model, tokens, ends, d_hooks).reshape(n, b, -1)
+        for t, s in enumerate(chunk):
+            per[s.layer, s.head] = evaluate_metric(fn, logits[t], ps).cpu()
+
+    clean_logits, corrupted_logits = (base_logits, src_logits) if direction == "noise" else (src_logits, base_logits)
+    return Scores(per.mean(-1), ("layer", "head"), per,
+                  {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(model.cfg.n_heads)]},
+                  {"clean": float(evaluate_metric(fn, clean_logits, ps).mean()),
+                   "corrupted": float(evaluate_metric(fn, corrupted_logits, ps).mean()),
+                   "base": float(base_vals.mean())},
+                  {"engine": "path_patching", "receivers": [r if r == "logits" else f"a{r[0]}.h{r[1]}<{r[2]}>"
+                                                            for r in recv],
+                   "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
+                   "sender_position": sender_position, "receiver_position": receiver_position,
+                   "metric": metric_name, "model": model_name(model), "n_prompts": b, "provenance": ps.provenance})
+
+
+def wang_effect(scores: Scores) -> torch.Tensor:
+    """The IOI paper's 100 * (m_patched - m_base) / m_base, per sender [layer, head]."""
+    base = scores.baseline["base"]
+    return 100 * (scores.values - base) / base
+
+

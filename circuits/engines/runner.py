@@ -1,0 +1,98 @@
+"""The forward pass every engine shares: hooks in, logits at END out.
+
+Engines never ask the model for full logits: the run is stopped where the final
+norm begins, and only the rows the metric reads (each prompt's END) are pushed
+through the final norm and the unembedding. With vocabularies of 50k tokens that
+is most of a small model's forward pass saved.
+
+Batches are *tiled*: ``T`` interventions x ``b`` prompts run as one batch of
+``T*b`` rows, row ``t*b + i`` being prompt ``i`` under intervention ``t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations one tiled forward may hold
+
+
+class _Stop(Exception):
+    """Raised from the final-norm hook: everything after it is done by hand."""
+
+
+def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], fwd_hooks: Sequence[Hook] = ()) -> Tensor:
+    """Residual stream entering the final norm, [batch, pos, d_model], under ``fwd_hooks``."""
+    box: dict[str, Tensor] = {}
+
+    def grab(x: Tensor, hook: Any) -> None:
+        box["resid"] = x
+        raise _Stop
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)], return_type=None)
+    except _Stop:
+        pass
+    if "resid" not in box:
+        raise RuntimeError("the model never reached ln_final.hook_in; engines need a final norm hook")
+    return box["resid"]
+
+
+def unembed(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    """Final norm + unembedding of residual vectors (any leading shape)."""
+    lead = resid.shape[:-1]
+    flat = resid.reshape(-1, 1, resid.shape[-1])
+    return model.unembed(model.ln_final(flat))[:, 0].reshape(*lead, -1)
+
+
+def end_logits(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
+               fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch vocab"]:
+    """Logits at one position per row (``end[i]``), unembedding nothing else."""
+    resid = final_residual(model, tokens, fwd_hooks)
+    rows = torch.arange(tokens.shape[0], device=resid.device)
+    return unembed(model, resid[rows, end.to(resid.device)])
+
+
+def run_with_store(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
+                   names: Sequence[str], fwd_hooks: Sequence[Hook] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    """(END logits [batch, vocab], {hook name: activation}) in one forward pass."""
+    store: dict[str, Tensor] = {}
+
+    def saver(name: str):
+        def save(x: Tensor, hook: Any) -> None:
+            store[name] = x.detach().clone()
+        return save
+
+    hooks = [*fwd_hooks, *[(n, saver(n)) for n in names]]
+    return end_logits(model, tokens, end, hooks), store
+
+
+def tile(x: Tensor, n: int) -> Tensor:
+    """[b, ...] -> [n*b, ...]: the batch repeated n times (row t*b + i = x[i])."""
+    return x.repeat(n, *([1] * (x.ndim - 1)))
+
+
+def rows_per_forward(model: Any, seq_len: int, memory_budget: int | None = None) -> int:
+    """How many sequences one forward may hold within ``memory_budget`` bytes (>= 1).
+
+    A rough upper bound of what is alive at once in a no-grad forward: a layer's
+    residual-sized tensors, its MLP hidden layer and its attention scores, plus the
+    END logits row.
+    """
+    cfg = model.cfg
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    elem = torch.finfo(cfg.dtype).bits // 8 if getattr(cfg, "dtype", None) is not None else 4
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+    per_row = elem * (seq_len * (12 * cfg.d_model + 3 * d_mlp + 4 * cfg.n_heads * seq_len) + 2 * cfg.d_vocab)
+    return max(1, int(budget // per_row))
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

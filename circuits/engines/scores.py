@@ -1,0 +1,97 @@
+"""Scores: what every engine returns - a tensor with named axes and how it was made."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from circuits.io import atomic_write_text
+
+
+@dataclass
+class Scores:
+    """Engine output.
+
+    values:      [*axes] metric means over prompts.
+    per_example: [*axes, batch] metric per prompt, or None.
+    labels:      axis -> tick labels (e.g. position names), for axes that have them.
+    baseline:    the metric on unpatched runs, e.g. {"clean": 3.1, "corrupted": -0.2}.
+    settings:    everything needed to reproduce the numbers (engine, site, metric, n, ...).
+    """
+
+    values: Tensor
+    axes: tuple[str, ...]
+    per_example: Tensor | None = None
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.axes = tuple(self.axes)
+        if self.values.ndim != len(self.axes):
+            raise ValueError(f"values has {self.values.ndim} dims but axes are {self.axes}")
+        if self.per_example is not None and tuple(self.per_example.shape[:-1]) != tuple(self.values.shape):
+            raise ValueError("per_example must be [*values.shape, batch]")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    def normalized(self) -> Tensor:
+        """(value - corrupted) / (clean - corrupted): 1 = clean behaviour, 0 = corrupted."""
+        if "clean" not in self.baseline or "corrupted" not in self.baseline:
+            raise ValueError("normalized() needs clean and corrupted baselines")
+        return (self.values - self.baseline["corrupted"]) / (self.baseline["clean"] - self.baseline["corrupted"])
+
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """Bootstrap confidence interval of the mean over prompts: (low, high), each [*axes]."""
+        if self.per_example is None:
+            raise ValueError("ci() needs per-example values (run the engine with keep_per_example=True)")
+        b = self.per_example.shape[-1]
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(b, (n_boot, b), generator=g)
+        flat = self.per_example.reshape(-1, b).float().cpu()
+        means = flat[:, idx].mean(-1)  # [cells, n_boot]
+        lo = torch.quantile(means, (1 - level) / 2, dim=-1).reshape(self.shape)
+        hi = torch.quantile(means, 1 - (1 - level) / 2, dim=-1).reshape(self.shape)
+        return lo, hi
+
+    def top(self, k: int = 10, by: str = "abs") -> list[tuple[tuple[Any, ...], float]]:
+        """The k largest cells as ((label per axis), value); ``by`` = abs | max | min."""
+        flat = self.values.flatten().float()
+        key = {"abs": flat.abs(), "max": flat, "min": -flat}[by]
+        order = torch.argsort(key, descending=True)[:k]
+        out = []
+        for i in order.tolist():
+            index = torch.unravel_index(torch.tensor(i), self.shape)
+            out.append((tuple(self._label(a, int(j)) for a, j in zip(self.axes, index)), float(flat[i])))
+        return out
+
+    def _label(self, axis: str, i: int) -> Any:
+        labels = self.labels.get(axis)
+        return labels[i] if labels else i
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": list(self.axes), "values": self.values.tolist(),
+                "per_example": None if self.per_example is None else self.per_example.tolist(),
+                "labels": self.labels, "baseline": self.baseline, "settings": self.settings}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scores:
+        pe = d.get("per_example")
+        return cls(torch.tensor(d["values"]), tuple(d["axes"]), None if pe is None else torch.tensor(pe),
+                   d.get("labels", {}), d.get("baseline", {}), d.get("settings", {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict()))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scores:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,111 @@
+"""Where engines intervene: named activation sites, their hooks and axes.
+
+A site's activation is read and written through one transformer-lens hook per
+layer. Shapes (b = batch, p = positions, h = heads, d = width):
+
+=============  ==================================  =====================
+site           hook                                activation
+=============  ==================================  =====================
+resid_pre      blocks.L.hook_resid_pre             [b, p, d_model]
+resid_mid      blocks.L.hook_resid_mid             [b, p, d_model]
+resid_post     blocks.L.hook_resid_post            [b, p, d_model]
+attn_out       blocks.L.hook_attn_out              [b, p, d_model]
+mlp_out        blocks.L.hook_mlp_out               [b, p, d_model]
+z              blocks.L.attn.hook_z                [b, p, h, d_head]  (head outputs)
+q              blocks.L.attn.hook_q                [b, p, h, d_head]
+k, v           blocks.L.attn.hook_k / hook_v       [b, p, h_kv, d_head]  (GQA: one per KV group)
+pattern        blocks.L.attn.hook_pattern          [b, h, p_dest, p_src]
+=============  ==================================  =====================
+
+With grouped-query attention ``k`` and ``v`` are indexed by KV group: a patch
+of group g changes the keys/values every query head of that group reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    hook: str  # format string with {layer}
+    head_dim: int | None  # axis of the head index in the activation (None: no heads)
+    pos_dim: int  # axis of the (destination) position
+    kv: bool = False  # heads are KV groups
+
+
+SITES: dict[str, Site] = {
+    "resid_pre": Site("resid_pre", "blocks.{layer}.hook_resid_pre", None, 1),
+    "resid_mid": Site("resid_mid", "blocks.{layer}.hook_resid_mid", None, 1),
+    "resid_post": Site("resid_post", "blocks.{layer}.hook_resid_post", None, 1),
+    "attn_out": Site("attn_out", "blocks.{layer}.hook_attn_out", None, 1),
+    "mlp_out": Site("mlp_out", "blocks.{layer}.hook_mlp_out", None, 1),
+    "z": Site("z", "blocks.{layer}.attn.hook_z", 2, 1),
+    "q": Site("q", "blocks.{layer}.attn.hook_q", 2, 1),
+    "k": Site("k", "blocks.{layer}.attn.hook_k", 2, 1, kv=True),
+    "v": Site("v", "blocks.{layer}.attn.hook_v", 2, 1, kv=True),
+    "pattern": Site("pattern", "blocks.{layer}.attn.hook_pattern", 1, 2),
+}
+
+
+def get_site(name: str) -> Site:
+    if name not in SITES:
+        raise ValueError(f"unknown site {name!r}; sites are {sorted(SITES)}")
+    return SITES[name]
+
+
+def hook_name(site: Site, layer: int) -> str:
+    return site.hook.format(layer=layer)
+
+
+def n_kv_heads(model: Any) -> int:
+    kv = getattr(model.cfg, "n_key_value_heads", None)
+    return int(kv) if kv else int(model.cfg.n_heads)
+
+
+def n_heads_at(model: Any, site: Site) -> int:
+    """Number of head indices the site has (query heads, or KV groups for k/v)."""
+    if site.head_dim is None:
+        raise ValueError(f"site {site.name!r} has no heads")
+    return n_kv_heads(model) if site.kv else int(model.cfg.n_heads)
+
+
+def check_layer(model: Any, layer: int) -> int:
+    n = int(model.cfg.n_layers)
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{n - 1}")
+    return layer
+
+
+def check_head(model: Any, site: Site, head: int) -> int:
+    n = n_heads_at(model, site)
+    if not isinstance(head, int) or not 0 <= head < n:
+        what = "KV groups" if site.kv else "heads"
+        raise ValueError(f"head {head!r} out of range for site {site.name!r}: the model has {what} 0..{n - 1}")
+    return head
+
+
+def write(act: Tensor, value: Tensor, site: Site, head: int | None = None, pos: Tensor | None = None) -> None:
+    """In place: ``act[..., head, pos] = value[..., head, pos]`` for one batch of prompts.
+
+    ``act`` and ``value`` are [b, ...] activations of ``site``; ``pos`` is a [b]
+    tensor of per-prompt positions (-1: leave that prompt alone), a [b, p] boolean
+    mask of the (prompt, position) cells to write, or None (all positions).
+    """
+    idx: list[Any] = [slice(None)] * act.ndim
+    if head is not None:
+        idx[site.head_dim] = head
+    if pos is not None and pos.dtype == torch.bool:
+        rows, cols = torch.nonzero(pos.to(act.device), as_tuple=True)
+        idx[0] = rows
+        idx[site.pos_dim] = cols
+    elif pos is not None:
+        rows = torch.nonzero(pos >= 0).flatten().to(act.device)
+        idx[0] = rows
+        idx[site.pos_dim] = pos.to(act.device)[rows]
+    act[tuple(idx)] = value[tuple(idx)].to(act.dtype)
