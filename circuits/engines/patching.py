@@ -14,8 +14,14 @@ from typing import Any
 import torch
 
 from circuits.engines import runner
-from circuits.engines.common import (Metric, base_and_source, evaluate_metric, model_name, position_specs,
-                                     resolve_metric)
+from circuits.engines.common import (
+    Metric,
+    base_and_source,
+    evaluate_metric,
+    model_name,
+    position_specs,
+    resolve_metric,
+)
 from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.scores import Scores
 from circuits.engines.sites import check_head, check_layer, get_site, hook_name, n_heads_at

@@ -130,7 +130,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             if freeze_mlps:
                 hooks.append((mlp_names[layer], _freeze_hook(base_store[mlp_names[layer]], [], n)))
             if own:
-                def patch_z(act, hook, own=own, layer=layer):
+                def patch_z(act, hook, own=own, layer=layer, n=n, chunk=chunk):
                     a = act.clone().reshape(n, b, *act.shape[1:])
                     src = src_store[z_names[layer]]
                     for t in own:
@@ -153,7 +153,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                 layer, comp = int(name.split(".")[1]), name[-1]
                 idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
 
-                def set_recv(act, hook, name=name, idx=idx):
+                def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
                     a = act.clone()
                     c = got[name]
                     if r_pos is None:
