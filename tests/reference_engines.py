@@ -32,3 +32,45 @@ def naive_patch(model, ps, site_hook, index_fn, direction="denoise", cells=()):
 
         out.append(metric_full(model, base, ps, [(name, hook)]))
     return torch.stack(out)
+
+
+def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlps=False):
+    """Wang et al.'s four passes, literally, for one sender head (layer, head)."""
+    base, src = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
+    _, bc = model.run_with_cache(base)
+    _, sc = model.run_with_cache(src)
+    n_layers = model.cfg.n_layers
+    group = model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+    hooks = []
+    for layer in range(n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+
+        def freeze_z(act, hook, name=name, layer=layer):
+            out = bc[name].clone()
+            if layer == sender[0]:
+                out[:, :, sender[1]] = sc[name][:, :, sender[1]]
+            return out
+        hooks.append((name, freeze_z))
+        if freeze_mlps:
+            mname = f"blocks.{layer}.hook_mlp_out"
+            hooks.append((mname, lambda act, hook, mname=mname: bc[mname].clone()))
+    if receivers == "logits":
+        return metric_full(model, base, ps, hooks)
+    captured = {}
+    names = {f"blocks.{layer}.attn.hook_{c}" for layer, _, c in receivers}
+    for name in names:
+        def cap(act, hook, name=name):
+            captured[name] = act.clone()
+        hooks.append((name, cap))
+    model.run_with_hooks(base, fwd_hooks=hooks)
+    d_hooks = []
+    for layer, h, c in receivers:
+        name = f"blocks.{layer}.attn.hook_{c}"
+        idx = h if c == "q" else h // group
+
+        def put(act, hook, name=name, idx=idx):
+            act = act.clone()
+            act[:, :, idx] = captured[name][:, :, idx]
+            return act
+        d_hooks.append((name, put))
+    return metric_full(model, base, ps, d_hooks)
