@@ -4,7 +4,9 @@
 Every operand, intermediate and answer stays in [0, max_value] and must be a
 single token. The operand corruption changes one operand so that the answer
 changes; the corrupted answer is the wrong answer.
-Named positions: A, OP1, B, (OP2, C), EQ, END.
+``phrasings`` asks the same expression as "a + b =" (eq), "What is a + b ?" or
+"a + b is"; the split then holds out (operands, form, phrasing) combinations.
+Named positions: A, OP1, B, (OP2, C), EQ (eq phrasing only), END.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ FORMS: dict[str, tuple[str, ...]] = {
 }
 _T2 = "{A} {OP1} {B} {EQ}"
 _T3 = "{A} {OP1} {B} {OP2} {C} {EQ}"
+# phrasings: "eq" is the All-for-One format; the others ask the same sum in words
+PHRASINGS: dict[str, str] = {"eq": "{EXPR} {EQ}", "what": "What is {EXPR} ?", "is": "{EXPR} is"}
 CORRUPTIONS = ("operand", "last_operand")
 
 
@@ -42,7 +46,7 @@ class MentalMath(Task):
     name = "mental_math"
     description = "Mental math: a+b, a-b and three-operand expressions; operand corruption."
     defaults = {"forms": ("add", "sub", "add3", "addsub"), "max_value": 99, "corruption": "operand",
-                "split": "all"}
+                "phrasings": ("eq",), "split": "all"}
     min_words = {"numbers": 10, "operators": 2}
     pool_context = {"numbers": ("=", False), "operators": ("1", False)}
 
@@ -53,6 +57,10 @@ class MentalMath(Task):
             raise ValueError(f"mental_math: forms must be a non-empty subset of {list(FORMS)}, got {opts['forms']!r}")
         if not (isinstance(opts["max_value"], int) and 9 <= opts["max_value"] <= 999):
             raise ValueError(f"mental_math: max_value must be an int in [9, 999], got {opts['max_value']!r}")
+        bad = [p for p in opts["phrasings"] if p not in PHRASINGS]
+        if bad or not opts["phrasings"]:
+            raise ValueError(f"mental_math: phrasings must be a non-empty subset of {list(PHRASINGS)}, "
+                             f"got {opts['phrasings']!r}")
         if opts["corruption"] not in CORRUPTIONS:
             raise ValueError(f"mental_math: corruption must be one of {CORRUPTIONS}, got {opts['corruption']!r}")
 
@@ -60,14 +68,21 @@ class MentalMath(Task):
         return {"numbers": [str(i) for i in range(opts["max_value"] + 1)], "operators": ["+", "-", "="]}
 
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
-        forms = list(opts["forms"])
-        return TaskSpec(self.name, [_T2 if len(FORMS[f]) == 1 else _T3 for f in forms], forms)
+        templates, groups = [], []
+        for phrasing in opts["phrasings"]:
+            for f in opts["forms"]:
+                expr = (_T2 if len(FORMS[f]) == 1 else _T3).replace(" {EQ}", "")
+                templates.append(PHRASINGS[phrasing].replace("{EXPR}", expr))
+                groups.append(f if len(opts["phrasings"]) == 1 else f"{f}/{phrasing}")
+        return TaskSpec(self.name, templates, groups)
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         allowed = {int(w) for w in pools["numbers"]}
         hi = opts["max_value"]
         fi = rng.randrange(len(opts["forms"]))
         ops = FORMS[opts["forms"][fi]]
+        n_ph = len(opts["phrasings"])
+        ph = rng.randrange(n_ph) if n_ph > 1 else 0  # single phrasing: the original random stream
 
         def draw() -> list[int]:
             return [rng.randint(0, hi) for _ in range(len(ops) + 1)]
@@ -77,7 +92,8 @@ class MentalMath(Task):
             return all(0 <= v <= hi for v in vals) and all(v in allowed for v in xs + vals[-1:])
 
         xs = draw()
-        if not ok(xs) or not in_split((*xs, opts["forms"][fi]), opts["split"]):
+        key = (*xs, opts["forms"][fi]) if n_ph == 1 else (*xs, opts["forms"][fi], opts["phrasings"][ph])
+        if not ok(xs) or not in_split(key, opts["split"]):
             return None
         ans = evaluate(xs, ops)[-1]
         for _ in range(50):
@@ -96,4 +112,4 @@ class MentalMath(Task):
                 f.update(OP2=ops[1], C=str(v[2]))
             return f
 
-        return Example(fi, fill(xs), fill(ys), answer=str(ans), wrong=str(wrong))
+        return Example(ph * len(opts["forms"]) + fi, fill(xs), fill(ys), answer=str(ans), wrong=str(wrong))

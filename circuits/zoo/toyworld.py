@@ -23,12 +23,12 @@ from circuits.zoo.train import TrainSettings, train
 MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
     "ioi": (0.13, {}),
     "colored_objects": (0.25, {"order": "object_first"}),
-    "mental_math": (0.22, {"forms": ("add", "sub"), "max_value": 20}),
-    "recall": (0.05, {}),
+    "mental_math": (0.22, {"forms": ("add", "sub"), "max_value": 20, "phrasings": ("eq", "what", "is")}),
+    "recall": (0.08, {}),
     "reasoning": (0.14, {}),
     "induction": (0.07, {}),
     "greater_than": (0.05, {}),
-    "filler": (0.09, {}),
+    "filler": (0.06, {}),
 }
 EVAL_TASKS = {t: opts for t, (_, opts) in MIXTURE.items() if t != "filler"}
 
