@@ -59,20 +59,30 @@ def _hooks_for(chunk: Sequence[Sequence[Edit]], b: int) -> list[runner.Hook]:
 @torch.no_grad()
 def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
                  variants: Sequence[Sequence[Edit]], memory_budget: int | None = None,
-                 progress: bool | str = False, extra_hooks: Sequence[runner.Hook] = ()
+                 progress: bool | str = False, extra_hooks: Sequence[runner.Hook] = (),
+                 schedules: Sequence[Any] | None = None, ps: Any = None, bos: bool = True
                  ) -> Float[Tensor, "variant batch vocab"]:
     """END logits of every variant: [n_variants, batch, vocab].
 
-    ``extra_hooks`` apply to every row (e.g. attention masks shared by all variants).
+    ``extra_hooks`` apply to every row. ``schedules`` (one attention-peeking
+    schedule per variant, see circuits.engines.peeking; needs ``ps``) restrict
+    attention variant by variant.
     """
+    if schedules is not None and len(schedules) != len(variants):
+        raise ValueError("schedules must give one peeking schedule per variant")
     b = tokens.shape[0]
     per = max(1, runner.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
     out = []
-    groups = list(runner.chunks(list(variants), per))
+    groups = list(runner.chunks(list(range(len(variants))), per))
     desc = progress if isinstance(progress, str) else "patching"
-    for chunk in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
+    for ids in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
+        chunk = [variants[i] for i in ids]
         n = len(chunk)
         hooks = [*extra_hooks, *_hooks_for(chunk, b)]
+        if schedules is not None:
+            from circuits.engines.peeking import peeking_hooks
+
+            hooks += peeking_hooks(model, ps, [schedules[i] for i in ids], bos)
         logits = runner.end_logits(model, runner.tile(tokens, n), runner.tile(end, n), hooks)
         out.append(logits.reshape(n, b, -1))
     return torch.cat(out) if out else torch.empty(0, b, 0)
