@@ -16,7 +16,7 @@ Masks are applied to the attention scores (disallowed -> -inf) through
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from circuits.engines import runner
 from circuits.prompts import PromptSet
 
 MODES = ("full", "self", "transfer", "knockout")
-Mode = Union[str, Tensor]
+Mode = str | Tensor
 # layer -> mode, or layer -> {head: mode} (heads not listed: full)
 Schedule = Mapping[int, Mode | Mapping[int, Mode]]
 
@@ -76,7 +76,7 @@ def _layer_masks(ps: PromptSet, spec: Any, n_heads: int, bos: bool) -> Tensor | 
 
 def peeking_hooks(model: Any, ps: PromptSet, schedules: Sequence[Schedule], bos: bool = True) -> list[runner.Hook]:
     """Hooks applying ``schedules[t]`` to tile t of a tiled batch (one schedule: untiled)."""
-    n_layers, n_heads, n = int(model.cfg.n_layers), int(model.cfg.n_heads), len(schedules)
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     for sched in schedules:
         bad = [layer for layer in sched if not 0 <= int(layer) < n_layers]
         if bad:
