@@ -72,8 +72,11 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
         raise ValueError("schedules must give one peeking schedule per variant")
     b = tokens.shape[0]
     per = max(1, runner.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
-    out = []
-    groups = list(runner.chunks(list(range(len(variants))), per))
+    starts = [_start_layer(v, None if schedules is None else schedules[i]) for i, v in enumerate(variants)]
+    order = sorted(range(len(variants)), key=lambda i: -starts[i])  # chunks of similar start layers
+    replay = runner.BlockReplay(model, tokens, end) if any(st > 0 for st in starts) else None
+    out: list[Tensor | None] = [None] * len(variants)
+    groups = list(runner.chunks(order, per))
     desc = progress if isinstance(progress, str) else "patching"
     for ids in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
         chunk = [variants[i] for i in ids]
@@ -83,6 +86,19 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
             from circuits.engines.peeking import peeking_hooks
 
             hooks += peeking_hooks(model, ps, [schedules[i] for i in ids], bos)
-        logits = runner.end_logits(model, runner.tile(tokens, n), runner.tile(end, n), hooks)
-        out.append(logits.reshape(n, b, -1))
-    return torch.cat(out) if out else torch.empty(0, b, 0)
+        start = 0 if extra_hooks or replay is None else min(starts[i] for i in ids)
+        if start > 0:
+            logits = replay.end_logits_from(start, n, hooks)
+        else:
+            logits = runner.end_logits(model, runner.tile(tokens, n), runner.tile(end, n), hooks)
+        for t, i in enumerate(ids):
+            out[i] = logits[t * b:(t + 1) * b]
+    return torch.stack(out) if out else torch.empty(0, b, 0)
+
+
+def _start_layer(variant: Sequence[Edit], schedule: Any) -> int:
+    """First layer a variant changes: blocks before it compute the unmodified base run."""
+    layers = [e.layer for e in variant]
+    if schedule:
+        layers += [int(k) for k in schedule]
+    return min(layers) if layers else 0

@@ -14,7 +14,7 @@ from typing import Any
 
 from circuits.engines.sites import SITES, Site
 
-_NODE = re.compile(r"^(?:a(?P<al>\d+)\.h(?P<h>\d+)|m(?P<ml>\d+)|r(?P<rl>\d+))(?:@(?P<pos>\w+))?$")
+_NODE = re.compile(r"^(?:a(?P<al>\d+)\.h(?P<h>\d+)|m(?P<ml>\d+)|r(?P<rl>\d+))(?:@(?P<pos>[\w+]+))?$")
 
 
 @dataclass(frozen=True, order=True)

@@ -118,10 +118,11 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
     for s in snd:
         per[s.layer, s.head] = base_vals.cpu()
     per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
+    replay = runner.BlockReplay(model, base_tok, end)  # blocks before a chunk's first sender see the base run
+    scored = sorted(scored, key=lambda s: (s.layer, s.head))
     groups = list(runner.chunks(scored, per_chunk))
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
         n = len(chunk)
-        tokens, ends = runner.tile(base_tok, n), runner.tile(end, n)
         # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
         hooks: list[runner.Hook] = []
         for layer in range(n_layers):
@@ -142,11 +143,18 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                             a[t, rows, s_pos[rows], h] = src[rows, s_pos[rows], h]
                     return a.reshape(act.shape)
                 hooks.append((z_names[layer], patch_z))
+        start = min(s.layer for s in chunk)
         if recv == ["logits"]:
-            logits = runner.end_logits(model, tokens, ends, hooks).reshape(n, b, -1)
+            logits = replay.end_logits_from(start, n, hooks).reshape(n, b, -1)
         else:
             names = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
-            _, got = runner.run_with_store(model, tokens, ends, names, hooks)
+            got: dict[str, torch.Tensor] = {}
+            capture = []
+            for nm in names:
+                def cap(act, hook, nm=nm, got=got):
+                    got[nm] = act.detach().clone()
+                capture.append((nm, cap))
+            replay.end_logits_from(start, n, hooks + capture)
             # pass D: only the receivers' inputs take pass C's values
             d_hooks = []
             for name in names:
@@ -165,7 +173,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                             a[rows, p, h] = c[rows, p, h]
                     return a
                 d_hooks.append((name, set_recv))
-            logits = runner.end_logits(model, tokens, ends, d_hooks).reshape(n, b, -1)
+            first = min(int(nm.split(".")[1]) for nm in names)
+            logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
         for t, s in enumerate(chunk):
             per[s.layer, s.head] = evaluate_metric(fn, logits[t], ps).cpu()
 

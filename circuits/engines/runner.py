@@ -96,3 +96,77 @@ def rows_per_forward(model: Any, seq_len: int, memory_budget: int | None = None)
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _tile_any(x: Any, b: int, n: int) -> Any:
+    """Tile tensors whose leading axis is the batch (size b); drop KV caches; leave everything else."""
+    if type(x).__name__.endswith("Cache"):
+        return None  # a replayed block must not read or extend the base run's KV cache
+    if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == b and (b > 1 or x.ndim >= 2):
+        return tile(x, n)
+    if isinstance(x, tuple):
+        return tuple(_tile_any(v, b, n) for v in x)
+    return x
+
+
+class BlockReplay:
+    """Restart a forward pass at any layer from a base run's block inputs.
+
+    The base run (``tokens``) records what each block received (hidden states and
+    the rest: masks, rotary tables, ...). ``end_logits_from(layer, n, hooks)`` then
+    runs only blocks ``layer..`` on ``n`` tiled copies of the recorded residual,
+    with ``hooks`` active, and unembeds END rows - exact, because every block
+    before ``layer`` would have seen the unmodified base run anyway. If replaying
+    does not reproduce the base logits (an architecture whose blocks need more
+    than their call arguments), it falls back to full forward passes.
+    """
+
+    def __init__(self, model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"]):
+        self.model, self.tokens, self.end = model, tokens, end
+        self.calls: list[tuple[tuple, dict]] = []
+        handles = []
+
+        def grab(module: Any, args: tuple, kwargs: dict) -> None:
+            self.calls.append((args, dict(kwargs)))
+
+        for block in model.blocks:
+            handles.append(block.register_forward_pre_hook(grab, with_kwargs=True))
+        try:
+            self.base_logits = end_logits(model, tokens, end)
+        finally:
+            for h in handles:
+                h.remove()
+        self.ok = len(self.calls) == len(model.blocks) and self._replay_matches()
+
+    def _replay_matches(self) -> bool:
+        try:
+            again = self._run(0, 1, ())
+        except Exception:  # an architecture whose blocks cannot be re-entered this way
+            return False
+        return bool(torch.allclose(again, self.base_logits, atol=1e-4, rtol=1e-4))
+
+    def _run(self, layer: int, n: int, fwd_hooks: Sequence[Hook]) -> Tensor:
+        b = self.tokens.shape[0]
+        args0, _ = self.calls[layer]
+        h = args0[0] if args0 else self.calls[layer][1]["hidden_states"]
+        h = tile(h, n)
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            for i in range(layer, len(self.model.blocks)):
+                args, kwargs = self.calls[i]
+                kw = {k: _tile_any(v, b, n) for k, v in kwargs.items() if k != "hidden_states"}
+                if "use_cache" in kw:
+                    kw["use_cache"] = False
+                rest = tuple(_tile_any(a, b, n) for a in args[1:])
+                if args:
+                    out = self.model.blocks[i](h, *rest, **kw)
+                else:
+                    out = self.model.blocks[i](hidden_states=h, **kw)
+                h = out[0] if isinstance(out, tuple) else out
+        rows = torch.arange(h.shape[0], device=h.device)
+        return unembed(self.model, h[rows, tile(self.end, n).to(h.device)])
+
+    def end_logits_from(self, layer: int, n: int, fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "rows vocab"]:
+        """END logits [n*b, vocab] of ``n`` tiled copies of the base run, restarted at ``layer``."""
+        if not self.ok or layer <= 0:
+            return end_logits(self.model, tile(self.tokens, n), tile(self.end, n), fwd_hooks)
+        return self._run(layer, n, fwd_hooks)
