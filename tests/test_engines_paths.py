@@ -16,12 +16,13 @@ from tests.reference_engines import naive_path_patch
 
 @pytest.mark.parametrize("arch", ENGINE_ARCHS)
 @pytest.mark.parametrize("freeze_mlps", [False, True])
-@pytest.mark.parametrize("receivers", ["logits", [(1, 2, "q")], [(1, 0, "k"), (1, 3, "v")]])
+@pytest.mark.parametrize("receivers", ["logits", [(1, 2, "q")], [(1, 0, "k"), (1, 3, "v")], [(1, 1, "q"), (1, 2, "k")]])
 def test_path_patching_matches_four_pass_reference(arch, freeze_mlps, receivers, engine_models):
     model = engine_models(arch)
     ps = build_task("ioi", model.tokenizer, n=5, seed=2)
     recv = ["logits"] if receivers == "logits" else receivers
     got = path_patching(model, ps, recv, freeze_mlps=freeze_mlps, progress=False, memory_budget=2**20)
+    assert got.settings["direct_shortcut"] == freeze_mlps  # the linear shortcut is what is being tested
     last = 2 if receivers == "logits" else 1
     for layer in range(last):
         for head in range(model.cfg.n_heads):

@@ -105,7 +105,12 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
     mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if freeze_mlps else []
-    base_logits, base_store = runner.run_with_store(model, base_tok, end, attn_names + mlp_names)
+    extra = []
+    if freeze_mlps:  # what the direct-path shortcut needs: sender z, receiver inputs and their outputs
+        extra = sorted({z_names[s.layer] for s in snd})
+        extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
+        extra += sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+    base_logits, base_store = runner.run_with_store(model, base_tok, end, attn_names + mlp_names + extra)
     src_logits, src_store = runner.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
     base_vals = evaluate_metric(fn, base_logits, ps)
     s_pos = None if sender_position is None else ps.positions[sender_position].long()
@@ -121,6 +126,24 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
     replay = runner.BlockReplay(model, base_tok, end)  # blocks before a chunk's first sender see the base run
     scored = sorted(scored, key=lambda s: (s.layer, s.head))
     groups = list(runner.chunks(scored, per_chunk))
+    fast = freeze_mlps and _direct_inputs_check(model, base_store, heads_recv)
+    if fast:  # direct paths are linear up to the receivers: no pass C forward at all
+        groups = []
+        for chunk in tqdm(list(runner.chunks(scored, per_chunk)), desc="path patching (direct)",
+                          disable=not progress, leave=False):
+            deltas = _sender_deltas(model, chunk, base_store, src_store, s_pos)  # [n, b, P, d]
+            n = len(chunk)
+            if recv == ["logits"]:
+                final = runner.final_residual(model, base_tok)
+                rows = torch.arange(b, device=final.device)
+                fe = final[rows, end]  # [b, d]
+                logits = runner.unembed(model, fe[None] + deltas[:, rows, end])
+            else:
+                d_hooks = _direct_receiver_hooks(model, chunk, deltas, base_store, heads_recv, group, r_pos)
+                first = min(layer for layer, _, _ in heads_recv)
+                logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
+            for t, snd_t in enumerate(chunk):
+                per[snd_t.layer, snd_t.head] = evaluate_metric(fn, logits[t], ps).cpu()
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
         n = len(chunk)
         # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
@@ -154,7 +177,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                 def cap(act, hook, nm=nm, got=got):
                     got[nm] = act.detach().clone()
                 capture.append((nm, cap))
-            replay.end_logits_from(start, n, hooks + capture)
+            last_name = max(names, key=lambda nm: (int(nm.split(".")[1]), "qkv".index(nm[-1])))  # fires last
+            replay.run_until(start, n, hooks + capture, last_name)
             # pass D: only the receivers' inputs take pass C's values
             d_hooks = []
             for name in names:
@@ -187,6 +211,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                   {"engine": "path_patching", "receivers": [r if r == "logits" else f"a{r[0]}.h{r[1]}<{r[2]}>"
                                                             for r in recv],
                    "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
+                   "direct_shortcut": bool(fast),
                    "sender_position": sender_position, "receiver_position": receiver_position,
                    "metric": metric_name, "model": model_name(model), "n_prompts": b, "provenance": ps.provenance})
 
@@ -197,3 +222,70 @@ def wang_effect(scores: Scores) -> torch.Tensor:
     return 100 * (scores.values - base) / base
 
 
+
+
+def _receiver_input(model: Any, layer: int, comp: str, x: torch.Tensor) -> torch.Tensor:
+    """q/k/v [..., P, heads, d_head] that ``layer`` computes from the residual ``x`` [..., P, d_model]."""
+    attn = model.blocks[layer].attn
+    normed = model.blocks[layer].ln1(x)
+    w = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}[comp]
+    out = torch.einsum("bpd,hde->bphe", normed, w)
+    bias = getattr(attn, {"q": "b_Q", "k": "b_K", "v": "b_V"}[comp], None)
+    return out if bias is None else out + bias
+
+
+def _direct_inputs_check(model: Any, base_store: dict, heads_recv: list) -> bool:
+    """Does ln1 + W_Q/K/V reproduce the receivers' inputs? (No QK-norm, rotary after hook_q/k, ...)."""
+    try:
+        for layer in sorted({layer for layer, _, _ in heads_recv}):
+            x = base_store[f"blocks.{layer}.hook_resid_pre"]
+            for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
+                want = base_store[f"blocks.{layer}.attn.hook_{comp}"]
+                got = _receiver_input(model, layer, comp, x)
+                if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+                    return False
+        return True
+    except Exception:  # weights not exposed this way: use the generic passes
+        return False
+
+
+def _sender_deltas(model: Any, chunk: list, base_store: dict, src_store: dict, s_pos) -> torch.Tensor:
+    """[n, b, P, d_model]: each sender's source-minus-base write into the residual stream."""
+    out = []
+    for s in chunk:
+        name = f"blocks.{s.layer}.attn.hook_z"
+        dz = src_store[name][:, :, s.head] - base_store[name][:, :, s.head]
+        if s_pos is not None:
+            keep = torch.zeros(dz.shape[:2], dtype=torch.bool, device=dz.device)
+            rows = torch.nonzero(s_pos >= 0).flatten()
+            keep[rows, s_pos[rows]] = True
+            dz = dz * keep[..., None]
+        out.append(dz @ model.blocks[s.layer].attn.W_O[s.head])
+    return torch.stack(out)
+
+
+def _direct_receiver_hooks(model: Any, chunk: list, deltas: torch.Tensor, base_store: dict, heads_recv: list,
+                           group: int, r_pos) -> list:
+    """Pass-D hooks giving each receiver the input it computes from base residual + sender delta."""
+    n, b = deltas.shape[:2]
+    hooks = []
+    for layer in sorted({layer for layer, _, _ in heads_recv}):
+        x = base_store[f"blocks.{layer}.hook_resid_pre"][None] + deltas * torch.tensor(
+            [s.layer < layer for s in chunk], dtype=deltas.dtype, device=deltas.device)[:, None, None, None]
+        x = x.reshape(n * b, *x.shape[2:])
+        for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
+            new = _receiver_input(model, layer, comp, x)
+            idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
+
+            def put(act, hook, new=new, idx=idx):
+                a = act.clone()
+                if r_pos is None:
+                    a[:, :, idx] = new[:, :, idx].to(a.dtype)
+                else:
+                    p = runner.tile(r_pos, n)
+                    rows = torch.nonzero(p >= 0).flatten()
+                    for h in idx:
+                        a[rows, p[rows], h] = new[rows, p[rows], h].to(a.dtype)
+                return a
+            hooks.append((f"blocks.{layer}.attn.hook_{comp}", put))
+    return hooks

@@ -170,3 +170,20 @@ class BlockReplay:
         if not self.ok or layer <= 0:
             return end_logits(self.model, tile(self.tokens, n), tile(self.end, n), fwd_hooks)
         return self._run(layer, n, fwd_hooks)
+
+    def run_until(self, layer: int, n: int, fwd_hooks: Sequence[Hook], stop_hook: str) -> None:
+        """Run ``n`` tiled copies from ``layer`` (0: the whole model) with ``fwd_hooks`` active and
+        stop as soon as ``stop_hook`` has fired (for passes that only record activations)."""
+
+        def stop(x: Tensor, hook: Any) -> None:
+            raise _Stop
+
+        hooks = [*fwd_hooks, (stop_hook, stop)]
+        try:
+            if not self.ok or layer <= 0:
+                self.model.run_with_hooks(tile(self.tokens, n), fwd_hooks=hooks, return_type=None)
+            else:
+                self._run(layer, n, hooks)
+        except _Stop:
+            return
+        raise RuntimeError(f"hook {stop_hook!r} never fired")
