@@ -8,6 +8,8 @@ Methods (formulas in ../shared/reference/methods.md, section 0.3):
   means over p_ABC per template).
 - ``resample``: a(x) <- a(x') for a reference prompt x' drawn with ``seed`` (from
   the same template group with ``by_group``).
+- ``corrupted``: a(x) <- a(x_corrupted), the paired corrupted prompt of the same
+  row (MIB's "ablation by corrupted input"; the reference must be the evaluated set);
 - ``cama`` (context-aware mean ablation, All-for-One): a_t <- mean of a_t over
   reference inputs that have the same token at position t; where no reference
   input has that token there, the positional mean is used.
@@ -30,7 +32,7 @@ from circuits.engines.nodes import Node
 from circuits.engines.sites import Site, hook_name
 from circuits.prompts import PromptSet
 
-METHODS = ("zero", "mean", "resample", "cama")
+METHODS = ("zero", "mean", "resample", "cama", "corrupted")
 
 
 @dataclass
@@ -134,7 +136,12 @@ def ablation_values(model: Any, ps: PromptSet, tokens: Tensor, sites: Iterable[t
     for name in names:
         acts = store[name]
         glob = _masked_mean(acts, mask)
-        if ablation.method == "zero":
+        if ablation.method == "corrupted":
+            if ablation.reference is not None and ablation.reference is not ps:
+                raise ValueError("corrupted ablation takes each prompt's own corrupted pair; drop reference=")
+            val = _fit_positions(acts.transpose(0, 1), n_pos, glob[None]).transpose(0, 1) \
+                if acts.shape[1] != n_pos else acts
+        elif ablation.method == "zero":
             val = torch.zeros(b, n_pos, *acts.shape[2:], dtype=acts.dtype, device=acts.device)
         elif ablation.method == "resample":
             val = torch.stack([_fit_positions(acts[j], n_pos, glob[None]) for j in pick.tolist()])
