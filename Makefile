@@ -8,11 +8,12 @@ MODEL  ?= zoo:toyworld
 N      ?= 64
 SEED   ?= 0
 
-.PHONY: setup test test-fast lint format ioi zoo zoo-check clean help
+.PHONY: setup test test-fast lint format ioi bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab (idempotent)"
 	@echo "make ioi         run the IOI analysis on MODEL (default $(MODEL))"
+	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        run the test suite"
 	@echo "make lint        ruff"
 	@echo "make zoo         retrain the bundled zoo (long; never in CI)"
@@ -42,6 +43,9 @@ format: setup
 
 ioi: setup
 	$(BIN)/circuits ioi --model $(MODEL) --n $(N) --seed $(SEED)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json
 
 zoo: setup
 	$(BIN)/circuits zoo train

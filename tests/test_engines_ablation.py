@@ -138,3 +138,18 @@ def test_ablation_errors(setup):
         faithfulness(model, ps, ["m1"])
     with pytest.raises(ValueError, match="not named"):
         faithfulness(model, ps, ["a1.h1@NOWHERE"])
+
+
+def test_corrupted_ablation_is_noising_patching(setup):
+    from circuits.engines.patching import activation_patching
+
+    model, ps, _ = setup
+    got = evaluate_ablated(model, ps, [[(Node("head", 1, 2), "all")], [(Node("mlp", 0), "at:END")]],
+                           ablation=Ablation("corrupted"))
+    heads = activation_patching(model, ps, "z", direction="noise", progress=False)
+    mlps = activation_patching(model, ps, "mlp_out", direction="noise", positions=["END"], progress=False)
+    torch.testing.assert_close(got[0], heads.per_example[1, 2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], mlps.per_example[0, 0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="own corrupted pair"):
+        evaluate_ablated(model, ps, [[(Node("head", 1, 2), "all")]],
+                         ablation=Ablation("corrupted", reference=ps.subset([0, 1])))

@@ -1,0 +1,38 @@
+"""The IOI analysis end to end on a tiny model: files, numbers and provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from analyses.ioi import main as ioi_main
+from analyses.ioi import pick
+
+
+def test_ioi_analysis_writes_json_and_figures(model_dirs, tmp_path, capsys):
+    rc = ioi_main(model=model_dirs[("gpt2", "word")], n=8, seed=0, device="cpu", out=str(tmp_path))
+    assert rc == 0
+    folders = os.listdir(tmp_path / "ioi")
+    assert len(folders) == 1
+    folder = tmp_path / "ioi" / folders[0]
+    r = json.loads((folder / "ioi.json").read_text())
+    for stem in ("patching", "path_patching", "circuit"):
+        for ext in ("pdf", "png"):
+            assert (folder / f"{stem}.{ext}").stat().st_size > 1000
+    assert set(r["head_patching"]) == {"noise", "denoise"}
+    assert len(r["head_patching"]["noise"]["normalized"]) == 2  # layers
+    assert "logits" in r["path_patching"]
+    assert r["settings"]["n"] == 8 and r["versions"]["torch"]
+    assert r["baseline"]["abc"]["prompts"]
+    out = capsys.readouterr().out
+    assert "IOI on" in out and "wrote" in out
+
+
+def test_pick_selects_by_sign_and_size():
+    import torch
+
+    eff = torch.tensor([[-30.0, -10.0, 5.0], [-1.0, 40.0, -8.0]])
+    assert pick(eff, set()) == [(0, 0), (0, 1), (1, 2)]
+    assert pick(eff, {(0, 0)}, cap=1) == [(0, 1)]
+    assert pick(eff, set(), sign=+1) == [(1, 1)]  # 5 < 25% of 40
+    assert pick(torch.tensor([[-1.0]]), set()) == []
