@@ -78,7 +78,11 @@ def bench_head_patching(model, ps, metric_tl):
 
 
 def bench_faithfulness(model, ps, metric_one):
-    from transformer_lens.tools.analysis.attribution_patching import FaithfulnessConfig, Node, faithfulness
+    from transformer_lens.tools.analysis.attribution_patching import (
+        FaithfulnessConfig,
+        Node,
+        faithfulness,
+    )
 
     from circuits.engines.ablation import Ablation
     from circuits.engines.faithfulness import faithfulness as ours_faith
