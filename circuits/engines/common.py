@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -13,6 +14,19 @@ from circuits.prompts import PromptSet
 
 Metric = Callable[[Tensor, PromptSet], Tensor]  # (END logits [b, vocab], prompts) -> [b]
 DIRECTIONS = ("denoise", "noise")
+
+
+# metrics that read only the answer and wrong-answer logits: engines unembed just those tokens
+ANSWER_ONLY = ("logit_diff",)
+
+
+def answer_vocab(ps: PromptSet, metric_name: str) -> tuple[PromptSet, Tensor | None]:
+    """(prompts with answer ids remapped into the restricted vocabulary, that vocabulary) or (ps, None)."""
+    if metric_name not in ANSWER_ONLY:
+        return ps, None
+    ids, inv = torch.unique(torch.cat([ps.answers, ps.wrong_answers]), return_inverse=True)
+    b = len(ps)
+    return replace(ps, answers=inv[:b], wrong_answers=inv[b:], answer_candidates=None, answer_mask=None), ids
 
 
 def resolve_metric(metric: str | Metric) -> tuple[Metric, str]:

@@ -23,8 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuits.engines import runner
 from circuits.engines.ablation import Ablation, ablation_values, edits_for, placement
-from circuits.engines.common import Metric, evaluate_metric, model_name, resolve_metric
+from circuits.engines.common import (
+    Metric,
+    answer_vocab,
+    evaluate_metric,
+    model_name,
+    resolve_metric,
+)
 from circuits.engines.interventions import run_variants
 from circuits.engines.nodes import Node, all_heads, all_mlps, check_nodes, parse_node
 from circuits.prompts import PromptSet
@@ -66,14 +73,16 @@ def evaluate_ablated(model: Any, ps: PromptSet, variants: Sequence[Sequence[Plac
                      tokens: str = "clean", memory_budget: int | None = None, progress: bool = False) -> Tensor:
     """Per-prompt metric [n_variants, b] of each ablation variant (one list of (node, where) per variant)."""
     ablation = ablation or Ablation()
-    fn, _ = resolve_metric(metric)
+    fn, metric_name = resolve_metric(metric)
     ps = ps.to(model.cfg.device)
     run = ps.clean if tokens == "clean" else ps.corrupted
     sites = {(n.site, n.layer) for v in variants for n, _ in v}
     values = ablation_values(model, ps, run, sites, ablation) if sites else {}
     edit_lists = [edits_for(v, values, ps) for v in variants]
-    logits = run_variants(model, run, ps.positions["END"], edit_lists, memory_budget, progress and "ablations")
-    return torch.stack([evaluate_metric(fn, lg, ps) for lg in logits]).cpu()
+    ps_m, vocab = answer_vocab(ps, metric_name)
+    with runner.restricted_vocab(vocab):
+        logits = run_variants(model, run, ps.positions["END"], edit_lists, memory_budget, progress and "ablations")
+    return torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits]).cpu()
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from circuits.engines import runner
 from circuits.engines.common import (
     Metric,
+    answer_vocab,
     base_and_source,
     evaluate_metric,
     model_name,
@@ -51,44 +52,46 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
     fn, metric_name = resolve_metric(metric)
     ps.validate()
     ps = ps.to(model.cfg.device)
-    layers = [check_layer(model, int(x)) for x in (range(model.cfg.n_layers) if layers is None else layers)]
-    head_ids: list[int | None] = [None]
-    if s.head_dim is not None:
-        head_ids = [check_head(model, s, int(h)) for h in (range(n_heads_at(model, s)) if heads is None else heads)]
-    elif heads is not None:
-        raise ValueError(f"site {site!r} has no heads; drop heads=")
-    pos_specs, pos_labels = position_specs(ps, positions)
+    ps_m, vocab = answer_vocab(ps, metric_name)
+    with runner.restricted_vocab(vocab):
+        layers = [check_layer(model, int(x)) for x in (range(model.cfg.n_layers) if layers is None else layers)]
+        head_ids: list[int | None] = [None]
+        if s.head_dim is not None:
+            head_ids = [check_head(model, s, int(h)) for h in (range(n_heads_at(model, s)) if heads is None else heads)]
+        elif heads is not None:
+            raise ValueError(f"site {site!r} has no heads; drop heads=")
+        pos_specs, pos_labels = position_specs(ps, positions)
 
-    base, source = base_and_source(ps, direction)
-    end = ps.positions["END"]
-    names = [hook_name(s, layer) for layer in layers]
-    base_logits, _ = runner.run_with_store(model, base, end, [])
-    src_logits, src_store = runner.run_with_store(model, source, end, names)
-    clean_logits, corrupted_logits = ((src_logits, base_logits) if direction == "denoise"
-                                      else (base_logits, src_logits))
+        base, source = base_and_source(ps, direction)
+        end = ps.positions["END"]
+        names = [hook_name(s, layer) for layer in layers]
+        base_logits, _ = runner.run_with_store(model, base, end, [])
+        src_logits, src_store = runner.run_with_store(model, source, end, names)
+        clean_logits, corrupted_logits = ((src_logits, base_logits) if direction == "denoise"
+                                          else (base_logits, src_logits))
 
-    cells, variants = [], []
-    for layer in layers:
-        value = src_store[hook_name(s, layer)]
-        for p_i, pos in enumerate(pos_specs):
-            for head in head_ids:
-                cells.append((layer, p_i, head))
-                variants.append([Edit(s, layer, value, head, pos)])
-    logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}")
-    per = torch.stack([evaluate_metric(fn, lg, ps) for lg in logits])  # [cells, b]
+        cells, variants = [], []
+        for layer in layers:
+            value = src_store[hook_name(s, layer)]
+            for p_i, pos in enumerate(pos_specs):
+                for head in head_ids:
+                    cells.append((layer, p_i, head))
+                    variants.append([Edit(s, layer, value, head, pos)])
+        logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}")
+        per = torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits])  # [cells, b]
 
-    axes = ["layer"] + (["pos"] if positions is not None else []) + (["head"] if s.head_dim is not None else [])
-    shape = [len(layers)] + ([len(pos_specs)] if positions is not None else []) + (
-        [len(head_ids)] if s.head_dim is not None else [])
-    per = per.reshape(*shape, len(ps)).cpu()
-    labels = {"layer": [str(x) for x in layers]}
-    if positions is not None:
-        labels["pos"] = pos_labels
-    if s.head_dim is not None:
-        labels["head"] = [str(h) for h in head_ids]
-    return Scores(per.mean(-1), tuple(axes), per, labels,
-                  {"clean": float(evaluate_metric(fn, clean_logits, ps).mean()),
-                   "corrupted": float(evaluate_metric(fn, corrupted_logits, ps).mean())},
-                  {"engine": "activation_patching", "site": site, "direction": direction, "metric": metric_name,
-                   "positions": positions if positions is None or isinstance(positions, str) else list(positions),
-                   "model": model_name(model), "n_prompts": len(ps), "provenance": ps.provenance})
+        axes = ["layer"] + (["pos"] if positions is not None else []) + (["head"] if s.head_dim is not None else [])
+        shape = [len(layers)] + ([len(pos_specs)] if positions is not None else []) + (
+            [len(head_ids)] if s.head_dim is not None else [])
+        per = per.reshape(*shape, len(ps)).cpu()
+        labels = {"layer": [str(x) for x in layers]}
+        if positions is not None:
+            labels["pos"] = pos_labels
+        if s.head_dim is not None:
+            labels["head"] = [str(h) for h in head_ids]
+        return Scores(per.mean(-1), tuple(axes), per, labels,
+                      {"clean": float(evaluate_metric(fn, clean_logits, ps_m).mean()),
+                       "corrupted": float(evaluate_metric(fn, corrupted_logits, ps_m).mean())},
+                      {"engine": "activation_patching", "site": site, "direction": direction, "metric": metric_name,
+                       "positions": positions if positions is None or isinstance(positions, str) else list(positions),
+                       "model": model_name(model), "n_prompts": len(ps), "provenance": ps.provenance})

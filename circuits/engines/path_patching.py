@@ -32,7 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.engines import runner
-from circuits.engines.common import Metric, evaluate_metric, model_name, resolve_metric
+from circuits.engines.common import (
+    Metric,
+    answer_vocab,
+    evaluate_metric,
+    model_name,
+    resolve_metric,
+)
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
 from circuits.engines.scores import Scores
 from circuits.engines.sites import n_kv_heads
@@ -86,134 +92,136 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
     fn, metric_name = resolve_metric(metric)
     ps.validate()
     ps = ps.to(model.cfg.device)
-    if direction not in ("noise", "denoise"):
-        raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
-    recv = [parse_receiver(r) for r in receivers]
-    if not recv:
-        raise ValueError("path_patching needs at least one receiver")
-    if "logits" in recv and len(recv) > 1:
-        raise ValueError("the logits receiver cannot be combined with head receivers")
-    heads_recv = [r for r in recv if r != "logits"]
-    check_nodes(model, [Node("head", layer, h) for layer, h, _ in heads_recv])
-    snd = check_nodes(model, [parse_node(s) for s in senders]) if senders is not None else all_heads(model)
-    if any(s.kind != "head" for s in snd):
-        raise ValueError("senders must be attention heads")
+    ps_m, vocab = answer_vocab(ps, metric_name)
+    with runner.restricted_vocab(vocab):
+        if direction not in ("noise", "denoise"):
+            raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
+        recv = [parse_receiver(r) for r in receivers]
+        if not recv:
+            raise ValueError("path_patching needs at least one receiver")
+        if "logits" in recv and len(recv) > 1:
+            raise ValueError("the logits receiver cannot be combined with head receivers")
+        heads_recv = [r for r in recv if r != "logits"]
+        check_nodes(model, [Node("head", layer, h) for layer, h, _ in heads_recv])
+        snd = check_nodes(model, [parse_node(s) for s in senders]) if senders is not None else all_heads(model)
+        if any(s.kind != "head" for s in snd):
+            raise ValueError("senders must be attention heads")
 
-    base_tok, src_tok = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
-    end = ps.positions["END"]
-    n_layers, b = int(model.cfg.n_layers), len(ps)
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
-    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if freeze_mlps else []
-    extra = []
-    if freeze_mlps:  # what the direct-path shortcut needs: sender z, receiver inputs and their outputs
-        extra = sorted({z_names[s.layer] for s in snd})
-        extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
-        extra += sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
-    base_logits, base_store = runner.run_with_store(model, base_tok, end, attn_names + mlp_names + extra)
-    src_logits, src_store = runner.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
-    base_vals = evaluate_metric(fn, base_logits, ps)
-    s_pos = None if sender_position is None else ps.positions[sender_position].long()
-    r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
-    group = int(model.cfg.n_heads) // n_kv_heads(model)
+        base_tok, src_tok = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
+        end = ps.positions["END"]
+        n_layers, b = int(model.cfg.n_layers), len(ps)
+        z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+        attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
+        mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if freeze_mlps else []
+        extra = []
+        if freeze_mlps:  # what the direct-path shortcut needs: sender z, receiver inputs and their outputs
+            extra = sorted({z_names[s.layer] for s in snd})
+            extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
+            extra += sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+        base_logits, base_store = runner.run_with_store(model, base_tok, end, attn_names + mlp_names + extra)
+        src_logits, src_store = runner.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
+        base_vals = evaluate_metric(fn, base_logits, ps_m)
+        s_pos = None if sender_position is None else ps.positions[sender_position].long()
+        r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
+        group = int(model.cfg.n_heads) // n_kv_heads(model)
 
-    last_recv = n_layers if recv == ["logits"] else max(layer for layer, _, _ in heads_recv)
-    scored = [s for s in snd if s.layer < last_recv]
-    per = torch.full((n_layers, int(model.cfg.n_heads), b), float("nan"))
-    for s in snd:
-        per[s.layer, s.head] = base_vals.cpu()
-    per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
-    replay = runner.BlockReplay(model, base_tok, end)  # blocks before a chunk's first sender see the base run
-    scored = sorted(scored, key=lambda s: (s.layer, s.head))
-    groups = list(runner.chunks(scored, per_chunk))
-    fast = freeze_mlps and _direct_inputs_check(model, base_store, heads_recv)
-    if fast:  # direct paths are linear up to the receivers: no pass C forward at all
-        groups = []
-        for chunk in tqdm(list(runner.chunks(scored, per_chunk)), desc="path patching (direct)",
-                          disable=not progress, leave=False):
-            deltas = _sender_deltas(model, chunk, base_store, src_store, s_pos)  # [n, b, P, d]
+        last_recv = n_layers if recv == ["logits"] else max(layer for layer, _, _ in heads_recv)
+        scored = [s for s in snd if s.layer < last_recv]
+        per = torch.full((n_layers, int(model.cfg.n_heads), b), float("nan"))
+        for s in snd:
+            per[s.layer, s.head] = base_vals.cpu()
+        per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
+        replay = runner.BlockReplay(model, base_tok, end)  # blocks before a chunk's first sender see the base run
+        scored = sorted(scored, key=lambda s: (s.layer, s.head))
+        groups = list(runner.chunks(scored, per_chunk))
+        fast = freeze_mlps and _direct_inputs_check(model, base_store, heads_recv)
+        if fast:  # direct paths are linear up to the receivers: no pass C forward at all
+            groups = []
+            for chunk in tqdm(list(runner.chunks(scored, per_chunk)), desc="path patching (direct)",
+                              disable=not progress, leave=False):
+                deltas = _sender_deltas(model, chunk, base_store, src_store, s_pos)  # [n, b, P, d]
+                n = len(chunk)
+                if recv == ["logits"]:
+                    final = runner.final_residual(model, base_tok)
+                    rows = torch.arange(b, device=final.device)
+                    fe = final[rows, end]  # [b, d]
+                    logits = runner.unembed(model, fe[None] + deltas[:, rows, end])
+                else:
+                    d_hooks = _direct_receiver_hooks(model, chunk, deltas, base_store, heads_recv, group, r_pos)
+                    first = min(layer for layer, _, _ in heads_recv)
+                    logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
+                for t, snd_t in enumerate(chunk):
+                    per[snd_t.layer, snd_t.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
+        for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
             n = len(chunk)
+            # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
+            hooks: list[runner.Hook] = []
+            for layer in range(n_layers):
+                own = [t for t, s in enumerate(chunk) if s.layer == layer]
+                hooks.append((attn_names[layer], _freeze_hook(base_store[attn_names[layer]], own, n)))
+                if freeze_mlps:
+                    hooks.append((mlp_names[layer], _freeze_hook(base_store[mlp_names[layer]], [], n)))
+                if own:
+                    def patch_z(act, hook, own=own, layer=layer, n=n, chunk=chunk):
+                        a = act.clone().reshape(n, b, *act.shape[1:])
+                        src = src_store[z_names[layer]]
+                        for t in own:
+                            h = chunk[t].head
+                            if s_pos is None:
+                                a[t, :, :, h] = src[:, :, h]
+                            else:
+                                rows = torch.nonzero(s_pos >= 0).flatten()
+                                a[t, rows, s_pos[rows], h] = src[rows, s_pos[rows], h]
+                        return a.reshape(act.shape)
+                    hooks.append((z_names[layer], patch_z))
+            start = min(s.layer for s in chunk)
             if recv == ["logits"]:
-                final = runner.final_residual(model, base_tok)
-                rows = torch.arange(b, device=final.device)
-                fe = final[rows, end]  # [b, d]
-                logits = runner.unembed(model, fe[None] + deltas[:, rows, end])
+                logits = replay.end_logits_from(start, n, hooks).reshape(n, b, -1)
             else:
-                d_hooks = _direct_receiver_hooks(model, chunk, deltas, base_store, heads_recv, group, r_pos)
-                first = min(layer for layer, _, _ in heads_recv)
-                logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
-            for t, snd_t in enumerate(chunk):
-                per[snd_t.layer, snd_t.head] = evaluate_metric(fn, logits[t], ps).cpu()
-    for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
-        n = len(chunk)
-        # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
-        hooks: list[runner.Hook] = []
-        for layer in range(n_layers):
-            own = [t for t, s in enumerate(chunk) if s.layer == layer]
-            hooks.append((attn_names[layer], _freeze_hook(base_store[attn_names[layer]], own, n)))
-            if freeze_mlps:
-                hooks.append((mlp_names[layer], _freeze_hook(base_store[mlp_names[layer]], [], n)))
-            if own:
-                def patch_z(act, hook, own=own, layer=layer, n=n, chunk=chunk):
-                    a = act.clone().reshape(n, b, *act.shape[1:])
-                    src = src_store[z_names[layer]]
-                    for t in own:
-                        h = chunk[t].head
-                        if s_pos is None:
-                            a[t, :, :, h] = src[:, :, h]
+                names = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+                got: dict[str, torch.Tensor] = {}
+                capture = []
+                for nm in names:
+                    def cap(act, hook, nm=nm, got=got):
+                        got[nm] = act.detach().clone()
+                    capture.append((nm, cap))
+                last_name = max(names, key=lambda nm: (int(nm.split(".")[1]), "qkv".index(nm[-1])))  # fires last
+                replay.run_until(start, n, hooks + capture, last_name)
+                # pass D: only the receivers' inputs take pass C's values
+                d_hooks = []
+                for name in names:
+                    layer, comp = int(name.split(".")[1]), name[-1]
+                    idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
+
+                    def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
+                        a = act.clone()
+                        c = got[name]
+                        if r_pos is None:
+                            a[:, :, idx] = c[:, :, idx]
                         else:
-                            rows = torch.nonzero(s_pos >= 0).flatten()
-                            a[t, rows, s_pos[rows], h] = src[rows, s_pos[rows], h]
-                    return a.reshape(act.shape)
-                hooks.append((z_names[layer], patch_z))
-        start = min(s.layer for s in chunk)
-        if recv == ["logits"]:
-            logits = replay.end_logits_from(start, n, hooks).reshape(n, b, -1)
-        else:
-            names = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
-            got: dict[str, torch.Tensor] = {}
-            capture = []
-            for nm in names:
-                def cap(act, hook, nm=nm, got=got):
-                    got[nm] = act.detach().clone()
-                capture.append((nm, cap))
-            last_name = max(names, key=lambda nm: (int(nm.split(".")[1]), "qkv".index(nm[-1])))  # fires last
-            replay.run_until(start, n, hooks + capture, last_name)
-            # pass D: only the receivers' inputs take pass C's values
-            d_hooks = []
-            for name in names:
-                layer, comp = int(name.split(".")[1]), name[-1]
-                idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
+                            rows = torch.nonzero(runner.tile(r_pos, n) >= 0).flatten()
+                            p = runner.tile(r_pos, n)[rows]
+                            for h in idx:
+                                a[rows, p, h] = c[rows, p, h]
+                        return a
+                    d_hooks.append((name, set_recv))
+                first = min(int(nm.split(".")[1]) for nm in names)
+                logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
+            for t, s in enumerate(chunk):
+                per[s.layer, s.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
 
-                def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
-                    a = act.clone()
-                    c = got[name]
-                    if r_pos is None:
-                        a[:, :, idx] = c[:, :, idx]
-                    else:
-                        rows = torch.nonzero(runner.tile(r_pos, n) >= 0).flatten()
-                        p = runner.tile(r_pos, n)[rows]
-                        for h in idx:
-                            a[rows, p, h] = c[rows, p, h]
-                    return a
-                d_hooks.append((name, set_recv))
-            first = min(int(nm.split(".")[1]) for nm in names)
-            logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
-        for t, s in enumerate(chunk):
-            per[s.layer, s.head] = evaluate_metric(fn, logits[t], ps).cpu()
-
-    clean_logits, corrupted_logits = (base_logits, src_logits) if direction == "noise" else (src_logits, base_logits)
-    return Scores(per.mean(-1), ("layer", "head"), per,
-                  {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(model.cfg.n_heads)]},
-                  {"clean": float(evaluate_metric(fn, clean_logits, ps).mean()),
-                   "corrupted": float(evaluate_metric(fn, corrupted_logits, ps).mean()),
-                   "base": float(base_vals.mean())},
-                  {"engine": "path_patching", "receivers": [r if r == "logits" else f"a{r[0]}.h{r[1]}<{r[2]}>"
-                                                            for r in recv],
-                   "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
-                   "direct_shortcut": bool(fast),
-                   "sender_position": sender_position, "receiver_position": receiver_position,
-                   "metric": metric_name, "model": model_name(model), "n_prompts": b, "provenance": ps.provenance})
+        clean_logits, corrupted_logits = (base_logits, src_logits) if direction == "noise" else (src_logits, base_logits)
+        return Scores(per.mean(-1), ("layer", "head"), per,
+                      {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(model.cfg.n_heads)]},
+                      {"clean": float(evaluate_metric(fn, clean_logits, ps_m).mean()),
+                       "corrupted": float(evaluate_metric(fn, corrupted_logits, ps_m).mean()),
+                       "base": float(base_vals.mean())},
+                      {"engine": "path_patching", "receivers": [r if r == "logits" else f"a{r[0]}.h{r[1]}<{r[2]}>"
+                                                                for r in recv],
+                       "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
+                       "direct_shortcut": bool(fast),
+                       "sender_position": sender_position, "receiver_position": receiver_position,
+                       "metric": metric_name, "model": model_name(model), "n_prompts": b, "provenance": ps.provenance})
 
 
 def wang_effect(scores: Scores) -> torch.Tensor:

@@ -12,6 +12,8 @@ Batches are *tiled*: ``T`` interventions x ``b`` prompts run as one batch of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -44,11 +46,36 @@ def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], fwd_hooks: Sequ
     return box["resid"]
 
 
+_VOCAB: ContextVar[Tensor | None] = ContextVar("restricted_vocab", default=None)
+
+
+@contextmanager
+def restricted_vocab(token_ids: Tensor | None) -> Iterator[None]:
+    """Within this context ``unembed`` returns logits of ``token_ids`` only ([..., k]).
+
+    For metrics that read a few known tokens (logit difference): the unembedding
+    of a 50k vocabulary then costs nothing. ``None`` leaves the full vocabulary.
+    """
+    token = _VOCAB.set(token_ids)
+    try:
+        yield
+    finally:
+        _VOCAB.reset(token)
+
+
 def unembed(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
     """Final norm + unembedding of residual vectors (any leading shape)."""
     lead = resid.shape[:-1]
     flat = resid.reshape(-1, 1, resid.shape[-1])
-    return model.unembed(model.ln_final(flat))[:, 0].reshape(*lead, -1)
+    ids = _VOCAB.get()
+    if ids is None:
+        return model.unembed(model.ln_final(flat))[:, 0].reshape(*lead, -1)
+    normed = model.ln_final(flat)[:, 0]
+    out = normed @ model.W_U[:, ids.to(normed.device)]
+    b_u = getattr(model, "b_U", None)
+    if b_u is not None:
+        out = out + b_u[ids.to(normed.device)]
+    return out.reshape(*lead, -1)
 
 
 def end_logits(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],

@@ -5,7 +5,8 @@ the cup? A:" -> " blue". The minimal-pair corruption asks about another object
 of the same list, whose color becomes the wrong answer. ``question="statement"``
 ends the prompt with "... The cup is" instead (the object right before END);
 ``order="object_first"`` names each object before its color ("a cup that is
-blue"), which the zoo uses (see circuits.zoo.toyworld).
+blue"); ``order="the_is"`` lists "the cup is blue" and asks "... A: the cup is",
+which the zoo uses (see circuits.zoo.toyworld).
 ``n_objects`` (2-5, or a list for a mixture) sets how many objects the scene lists.
 Named positions: O0.. (objects), C0.. (colors), QO (queried object), END; a
 slot absent from a prompt's template has position -1.
@@ -22,23 +23,32 @@ from circuits.tasks.task import Task
 
 STARTS = ["there is", "you see", "I see"]
 QUESTIONS = ("qa", "statement")
-ORDERS = ("color_first", "object_first")
+ORDERS = ("color_first", "object_first", "the_is")
+# the_is lists "the cup is blue" and answers "... A: the cup is" (the zoo's phrasing); its lead-ins:
+_THE_IS_STARTS = {"there is": "On the {SURF},", "you see": "you see that on the {SURF},",
+                  "I see": "I see that on the {SURF},"}
 N_OBJECTS = (2, 3, 4, 5)
 
 
 def _items(n: int, order: str, prefix: str = "") -> str:
     """'{A0} {C0} {O0}, {A1} {C1} {O1}, and {A2} {C2} {O2}' for n objects."""
-    one = ("{%sA%d} {%sO%d} that is {%sC%d}" if order == "object_first" else "{%sA%d} {%sC%d} {%sO%d}")
-    parts = [one % (prefix, i, prefix, i, prefix, i) for i in range(n)]
+    if order == "the_is":
+        parts = [f"the {{{prefix}O{i}}} is {{{prefix}C{i}}}" for i in range(n)]
+    else:
+        one = ("{%sA%d} {%sO%d} that is {%sC%d}" if order == "object_first" else "{%sA%d} {%sC%d} {%sO%d}")
+        parts = [one % (prefix, i, prefix, i, prefix, i) for i in range(n)]
     if n == 2:
         return f"{parts[0]} and {parts[1]}"
     return ", ".join(parts[:-1]) + f", and {parts[-1]}"
 
 
-def _scene_text(n: int, order: str, question: str) -> str:
+def _scene_text(n: int, order: str, question: str, start: str) -> str:
     lead = "Q: " if question == "qa" else ""
+    if order == "the_is":
+        tail = "What color is the {QO}? A: the {QO2} is" if question == "qa" else "the {QO} is"
+        return f"{lead}{_THE_IS_STARTS[start]} {_items(n, order)}. {tail}"
     tail = "What color is the {QO}? A:" if question == "qa" else "The {QO} is"
-    return f"{lead}On the {{SURF}}, {{START}} {_items(n, order)}. {tail}"
+    return f"{lead}On the {{SURF}}, {start} {_items(n, order)}. {tail}"
 
 
 _SHOT = "Q: On the {SS}, {START} " + _items(3, "color_first", "S") + ". What color is the {SQO}? A: {SANS}\n"
@@ -68,8 +78,8 @@ class ColoredObjects(Task):
         if not n_obj or any(n not in N_OBJECTS for n in n_obj):
             raise ValueError(f"colored_objects: n_objects must be one of {N_OBJECTS} or a list of them, "
                              f"got {opts['n_objects']!r}")
-        if opts["order"] == "object_first" and opts["shots"]:
-            raise ValueError("colored_objects: order='object_first' needs shots=0")
+        if opts["order"] != "color_first" and opts["shots"]:
+            raise ValueError(f"colored_objects: order={opts['order']!r} needs shots=0")
         if opts["shots"] and opts["question"] != "qa":
             raise ValueError("colored_objects: shots=1 needs question='qa'")
 
@@ -85,7 +95,7 @@ class ColoredObjects(Task):
         templates, groups = [], []
         for n in self._counts(opts):
             for start in STARTS:
-                t = _scene_text(n, opts["order"], opts["question"]).replace("{START}", start)
+                t = _scene_text(n, opts["order"], opts["question"], start)
                 if opts["shots"]:
                     t = _SHOT.replace("{START}", start) + t
                 templates.append(t)
@@ -114,10 +124,10 @@ class ColoredObjects(Task):
         key = (*sorted(objs), q, start) if n == 3 else (*sorted(objs), q, start, n)
         if not in_split(key, opts["split"]):
             return None
-        clean = {**fill, "QO": objs[q]}
+        clean = {**fill, "QO": objs[q], "QO2": objs[q]}
         if opts["shots"]:
             shot, sobjs, scols = self._scene(rng, pools, opts, 3, prefix="S")
             sq = rng.randrange(3)
             clean.update(shot, SQO=sobjs[sq], SANS=scols[sq])
-        corrupted = {**clean, "QO": objs[other]}
+        corrupted = {**clean, "QO": objs[other], "QO2": objs[other]}
         return Example(template, clean, corrupted, answer=cols[q], wrong=cols[other])
