@@ -16,13 +16,15 @@ from circuits.zoo.train import TrainSettings, train
 
 # task -> (share of the training mixture, build options). Zoo-specific options keep
 # answers single tokens in the word-level vocabulary and the model small.
-# colored_objects uses the object-first phrasing ("a cup that is blue"): with the
-# paper's color-first phrasing the answer must be read through a value composed by
-# a previous-token head, which this model never discovered within the budget
-# (held-out accuracy stayed at chance, 31%, after 6000 steps).
+# colored_objects uses the "the_is" phrasing ("the cup is blue, ... A: the cup is"): with
+# the paper's phrasing (and with "a cup that is blue") the answer must be found
+# through two composed heads (the queried object moved to END, the colour moved to
+# the object) and this model stayed at the uniform-over-colours plateau (held-out
+# accuracy at chance, ~33%) in every run we tried, up to 6000 steps. The "the X is"
+# phrasing shares its structure with the reasoning task's premises.
 MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
     "ioi": (0.13, {}),
-    "colored_objects": (0.25, {"order": "object_first"}),
+    "colored_objects": (0.25, {"order": "the_is"}),
     "mental_math": (0.22, {"forms": ("add", "sub"), "max_value": 20, "phrasings": ("eq", "what", "is")}),
     "recall": (0.08, {}),
     "reasoning": (0.14, {}),
