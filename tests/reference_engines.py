@@ -74,3 +74,68 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
             return act
         d_hooks.append((name, put))
     return metric_full(model, base, ps, d_hooks)
+
+
+def reader_gradient(model, ps, reader):
+    """dM/dx_reader on the clean run, with only ``reader`` reading a leaf copy of the residual stream."""
+    from circuits import metrics as M
+
+    box = {}
+
+    def leaf(x):
+        y = x.detach().clone().requires_grad_(True)
+        box["x"] = y
+        return y
+
+    if reader == "logits":
+        hooks = [("ln_final.hook_in", lambda x, hook: leaf(x))]
+    elif reader.startswith("m"):
+        layer = int(reader[1:])
+        hooks = [(f"blocks.{layer}.ln2.hook_in", lambda x, hook: leaf(x))]
+    else:
+        head_part, comp = reader[:-3], reader[-2]
+        layer = int(head_part[1:].split(".")[0])
+        idx = int(head_part.split(".")[1][1:])
+        saved = {}
+
+        def grab_resid(x, hook):
+            saved["r"] = x
+            return x
+
+        def replace(act, hook):
+            x = leaf(saved["r"])
+            attn = model.blocks[layer].attn
+            w = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}[comp][idx]
+            b = getattr(attn, {"q": "b_Q", "k": "b_K", "v": "b_V"}[comp], None)
+            new = model.blocks[layer].ln1(x) @ w + (0 if b is None else b[idx])
+            act = act.clone()
+            act[:, :, idx] = new
+            return act
+
+        hooks = [(f"blocks.{layer}.ln1.hook_in", grab_resid), (f"blocks.{layer}.attn.hook_{comp}", replace)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            logits = model.run_with_hooks(ps.clean, fwd_hooks=hooks)
+            M.logit_diff(logits, ps, reduce="sum").backward()
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return box["x"].grad
+
+
+def writer_delta(model, ps, writer):
+    """a_writer(corrupted) - a_writer(clean) in the residual stream, [b, p, d]."""
+    _, clean = model.run_with_cache(ps.clean)
+    _, corr = model.run_with_cache(ps.corrupted)
+    if writer == "input":
+        name = "blocks.0.hook_resid_pre"
+        return corr[name] - clean[name]
+    if writer.startswith("m"):
+        name = f"blocks.{int(writer[1:])}.hook_mlp_out"
+        return corr[name] - clean[name]
+    layer, h = int(writer[1:].split(".")[0]), int(writer.split(".")[1][1:])
+    name = f"blocks.{layer}.attn.hook_z"
+    w_o = model.blocks[layer].attn.W_O[h]
+    return (corr[name][:, :, h] - clean[name][:, :, h]) @ w_o

@@ -1,0 +1,254 @@
+"""Gradient attribution: EAP, EAP-IG (inputs / activations) and node attribution.
+
+For an edge u -> v (see circuits.engines.edges) EAP scores
+
+    score(u, v) = mean over prompts, sum over positions of (a_u(corrupted) - a_u(clean)) . dM/dx_v
+
+where a_u is the writer's output in the residual stream and x_v the reader's own
+input (before its norm), the gradient taken on the clean run: the first-order
+estimate of M(edge patched to corrupted) - M(clean), as in Syed et al. and the
+EAP-IG library. EAP-IG averages the gradient over ``steps`` points on a straight
+path from corrupted to clean, alpha = k / steps for k = 1..steps (so one step is
+EAP): ``"inputs"`` interpolates the input embeddings and lets the model compute
+the rest; ``"activations"`` sets every writer's output to its interpolation. Each
+step is one forward and one backward pass for the whole batch.
+
+Per-reader gradients come from one backward pass: MLP and logits readers get their
+own copy of the residual stream; a head reader's gradient is pulled back from
+dM/dq (or dk, dv) through that head's W_Q (W_K, W_V of its KV group) and the
+layer's input norm - checked against the norm's total gradient every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from circuits.engines import runner
+from circuits.engines.common import Metric, answer_vocab, evaluate_metric, model_name, resolve_metric
+from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.engines.scores import Scores
+from circuits.prompts import PromptSet
+
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
+
+
+@dataclass
+class EdgeScores:
+    """Scores per edge: ``scores[w, r]`` (0 where no edge), optionally per position ``[p, w, r]``."""
+
+    graph: EdgeGraph
+    scores: Tensor
+    per_position: Tensor | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, writer: str, reader: str) -> float:
+        w, r = self.graph.index(writer, reader)
+        return float(self.scores[w, r])
+
+    def ranked(self, absolute: bool = True) -> list[tuple[str, float]]:
+        """All edges as ("writer->reader", score), highest first (by |score| when ``absolute``)."""
+        idx = torch.nonzero(self.graph.mask)
+        vals = self.scores.detach()[idx[:, 0], idx[:, 1]]
+        order = torch.argsort(vals.abs() if absolute else vals, descending=True)
+        return [(EdgeGraph.edge_name(self.graph.writers[int(idx[i, 0])], self.graph.readers[int(idx[i, 1])]),
+                 float(vals[i])) for i in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        """MIB / EAP-IG-style JSON: {"edges": {"a0.h1->a2.h3<q>": {"score": s}}, ...}."""
+        return {"edges": {name: {"score": s} for name, s in self.ranked(absolute=False)},
+                "settings": self.settings}
+
+
+def _gradient_pass(model: Any, tokens: Tensor, end: Tensor, fn: Metric, ps_m: PromptSet,
+                   overrides: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    """One forward + backward on ``tokens`` (with writer ``overrides``): every reader's input gradient.
+
+    Returns {"q"/"k"/"v": {layer: [b, p, heads, d_head] grads}, "ln1_in": {layer: x}, "ln1_grad":
+    {layer: total grad}, "mlp": {layer: [b, p, d]}, "logits": [b, p, d], "z": {layer: grad},
+    "mlp_out": {layer: grad}, "input": grad, "metric": [b]}.
+    """
+    n_layers = int(model.cfg.n_layers)
+    keep: dict[str, Tensor] = {}
+
+    def tap(name: str, replace: Tensor | None = None):
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            y = (replace.detach().to(x.dtype) if replace is not None else x).clone()
+            if not y.requires_grad:
+                y.requires_grad_(True)
+            y.retain_grad()
+            keep[name] = y
+            return y
+        return hook
+
+    ov = overrides or {}
+    hooks: list[runner.Hook] = [("blocks.0.hook_resid_pre", tap("input", ov.get("input")))]
+    for layer in range(n_layers):
+        hooks += [(f"blocks.{layer}.ln1.hook_in", tap(f"ln1_in.{layer}")),
+                  (f"blocks.{layer}.attn.hook_q", tap(f"q.{layer}")),
+                  (f"blocks.{layer}.attn.hook_k", tap(f"k.{layer}")),
+                  (f"blocks.{layer}.attn.hook_v", tap(f"v.{layer}")),
+                  (f"blocks.{layer}.attn.hook_z", tap(f"z.{layer}", ov.get(f"z.{layer}"))),
+                  (f"blocks.{layer}.ln2.hook_in", tap(f"mlp.{layer}")),
+                  (f"blocks.{layer}.hook_mlp_out", tap(f"mlp_out.{layer}", ov.get(f"mlp_out.{layer}")))]
+    hooks.append(("ln_final.hook_in", tap("logits")))
+    with torch.enable_grad():
+        resid = runner.final_residual(model, tokens, hooks)
+        rows = torch.arange(tokens.shape[0], device=resid.device)
+        values = evaluate_metric(fn, runner.unembed(model, resid[rows, end]), ps_m)
+        values.sum().backward()
+    grad = lambda n: keep[n].grad if keep[n].grad is not None else torch.zeros_like(keep[n])  # noqa: E731
+    out: dict[str, Any] = {"metric": values.detach(), "input": grad("input"), "logits": grad("logits")}
+    for c in ("q", "k", "v", "z", "mlp", "mlp_out"):
+        out[c] = {layer: grad(f"{c}.{layer}") for layer in range(n_layers)}
+    out["ln1_in"] = {layer: keep[f"ln1_in.{layer}"].detach() for layer in range(n_layers)}
+    out["ln1_grad"] = {layer: grad(f"ln1_in.{layer}") for layer in range(n_layers)}
+    return out
+
+
+def _head_reader_grads(model: Any, layer: int, g: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """[b, p, R, d] input gradients of the layer's head readers (q per head, k/v per head or group),
+    in the order of circuits.engines.edges.head_readers, and the check residual."""
+    attn = model.blocks[layer].attn
+    parts = []
+    for comp, w in (("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V)):
+        grads = g[comp][layer]  # [b, p, heads_or_groups, d_head]
+        parts.append(torch.einsum("bphe,hde->hbpd", grads, w.to(grads.dtype)))
+    gy = torch.cat(parts)  # [R, b, p, d] gradients w.r.t. the norm's output, one reader each
+    x = g["ln1_in"][layer]
+    n_r = gy.shape[0]
+    with torch.enable_grad():
+        xr = x.detach()[None].expand(n_r, *x.shape).reshape(n_r * x.shape[0], *x.shape[1:]).requires_grad_(True)
+        y = model.blocks[layer].ln1(xr)
+        (gx,) = torch.autograd.grad(y, xr, gy.reshape_as(y))
+    gx = gx.reshape(n_r, *x.shape)
+    return gx.permute(1, 2, 0, 3), gx.sum(0) - g["ln1_grad"][layer]
+
+
+def _writer_acts(model: Any, store: dict[str, Tensor]) -> Tensor:
+    """[b, p, W, d] writer outputs (input, heads through W_O, MLPs) from a run's store."""
+    n_layers = int(model.cfg.n_layers)
+    parts = [store["blocks.0.hook_resid_pre"][:, :, None]]
+    for layer in range(n_layers):
+        z = store[f"blocks.{layer}.attn.hook_z"]
+        parts.append(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
+        parts.append(store[f"blocks.{layer}.hook_mlp_out"][:, :, None])
+    return torch.cat(parts, 2)
+
+
+def _writer_names(n_layers: int) -> list[str]:
+    return ["blocks.0.hook_resid_pre"] + [n for layer in range(n_layers) for n in
+                                          (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out")]
+
+
+def _reader_grads(model: Any, g: dict[str, Any], graph: EdgeGraph) -> tuple[Tensor, float]:
+    """[b, p, R, d] gradients of every reader in graph order, and the largest norm-pullback mismatch."""
+    parts, worst = [], 0.0
+    for layer in range(graph.n_layers):
+        heads, err = _head_reader_grads(model, layer, g)
+        scale = float(g["ln1_grad"][layer].abs().max()) or 1.0
+        worst = max(worst, float(err.abs().max()) / scale)
+        parts += [heads, g["mlp"][layer][:, :, None]]
+    parts.append(g["logits"][:, :, None])
+    return torch.cat(parts, 2), worst
+
+
+def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: int = 5,
+                    metric: str | Metric = "logit_diff", per_position: bool = False) -> EdgeScores:
+    """Edge attribution scores for every edge of the model (see the module docstring).
+
+    Args:
+        method: "eap", "eap-ig-inputs" or "eap-ig-activations".
+        steps: integration steps for EAP-IG (1 step equals EAP).
+        per_position: also keep scores per token position (``per_position`` [p, W, R]).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    fn, metric_name = resolve_metric(metric)
+    ps.validate()
+    ps = ps.to(model.cfg.device)
+    ps_m, vocab = answer_vocab(ps, metric_name)
+    graph = edge_graph(model)
+    n_layers = graph.n_layers
+    end = ps.positions["END"]
+    names = _writer_names(n_layers)
+    with runner.restricted_vocab(vocab), torch.no_grad():
+        _, clean = runner.run_with_store(model, ps.clean, end, names)
+        _, corr = runner.run_with_store(model, ps.corrupted, end, names)
+    with torch.no_grad():
+        delta = _writer_acts(model, corr) - _writer_acts(model, clean)  # [b, p, W, d]
+    n_points = 1 if method == "eap" else steps
+    grads, worst = None, 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with runner.restricted_vocab(vocab):
+            for k in range(1, n_points + 1):
+                a = k / n_points
+                mix = lambda name: a * clean[name] + (1 - a) * corr[name]  # noqa: E731
+                ov = None
+                if method == "eap-ig-inputs" and a < 1:
+                    ov = {"input": mix("blocks.0.hook_resid_pre")}
+                elif method == "eap-ig-activations" and a < 1:
+                    ov = {"input": mix("blocks.0.hook_resid_pre")}
+                    for layer in range(n_layers):
+                        ov[f"z.{layer}"] = mix(f"blocks.{layer}.attn.hook_z")
+                        ov[f"mlp_out.{layer}"] = mix(f"blocks.{layer}.hook_mlp_out")
+                g = _gradient_pass(model, ps.clean, end, fn, ps_m, ov)
+                rg, err = _reader_grads(model, g, graph)
+                worst = max(worst, err)
+                grads = rg if grads is None else grads + rg
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    if worst > 1e-3:
+        raise RuntimeError(f"per-head reader gradients do not add up to the norm's gradient (relative error "
+                           f"{worst:.2e}): this architecture transforms q/k/v after hook_q/k/v in a way "
+                           "EAP does not model (e.g. QK-norm)")
+    grads = grads / n_points
+    mask = graph.mask.to(delta.device)
+    pos = (torch.einsum("bpwd,bprd->pwr", delta, grads.detach()) / len(ps) * mask).detach()
+    return EdgeScores(graph, pos.sum(0).cpu(), pos.cpu() if per_position else None,
+                      {"engine": "edge_attribution", "method": method, "steps": n_points,
+                       "metric": metric_name, "direction": "corrupted - clean, gradient on the clean path",
+                       "model": model_name(model), "n_prompts": len(ps), "n_edges": graph.n_edges,
+                       "norm_pullback_error": worst, "provenance": ps.provenance})
+
+
+def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_diff") -> dict[str, Scores]:
+    """Attribution patching of nodes: (corrupted - clean) . dM/d(output), for heads [layer, head] and MLPs [layer]."""
+    fn, metric_name = resolve_metric(metric)
+    ps.validate()
+    ps = ps.to(model.cfg.device)
+    ps_m, vocab = answer_vocab(ps, metric_name)
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    end = ps.positions["END"]
+    names = _writer_names(n_layers)
+    with runner.restricted_vocab(vocab), torch.no_grad():
+        _, clean = runner.run_with_store(model, ps.clean, end, names)
+        _, corr = runner.run_with_store(model, ps.corrupted, end, names)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with runner.restricted_vocab(vocab):
+            g = _gradient_pass(model, ps.clean, end, fn, ps_m)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    heads = torch.stack([torch.einsum("bphe,bphe->h", corr[f"blocks.{layer}.attn.hook_z"]
+                                      - clean[f"blocks.{layer}.attn.hook_z"], g["z"][layer])
+                         for layer in range(n_layers)]) / len(ps)
+    mlps = torch.stack([((corr[f"blocks.{layer}.hook_mlp_out"] - clean[f"blocks.{layer}.hook_mlp_out"])
+                         * g["mlp_out"][layer]).sum() for layer in range(n_layers)]) / len(ps)
+    settings = {"engine": "node_attribution", "metric": metric_name, "model": model_name(model),
+                "n_prompts": len(ps), "direction": "corrupted - clean"}
+    labels = {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(n_heads)]}
+    return {"heads": Scores(heads.detach().cpu(), ("layer", "head"), None, labels, {}, settings),
+            "mlps": Scores(mlps.detach().cpu(), ("layer",), None, {"layer": labels["layer"]}, {}, settings)}

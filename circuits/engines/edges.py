@@ -1,0 +1,123 @@
+"""The edge graph of a model, named as EAP-IG / MIB name it.
+
+Writers put a vector into the residual stream: ``input`` (the embeddings), every
+attention head ``a{L}.h{H}`` (its output through W_O) and every MLP ``m{L}``.
+Readers take the residual stream in: every head's query, key and value inputs
+(``a{L}.h{H}<q>``, ``<k>``, ``<v>``), every MLP (``m{L}``) and the ``logits``.
+An edge ``writer->reader`` exists when the writer comes before the reader.
+
+Grouped-query attention keeps its groups: keys and values are computed once per
+KV group, so their readers are ``a{L}.g{G}<k>`` and ``a{L}.g{G}<v>`` (queries stay
+per head). Parallel-attention blocks (GPT-NeoX) have no edge from a layer's heads
+to the same layer's MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class EdgeGraph:
+    """Writers x readers with a boolean mask of the edges that exist."""
+
+    writers: list[str]
+    readers: list[str]
+    mask: Tensor  # [n_writers, n_readers] bool
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    parallel_attn_mlp: bool = False
+    writer_index: dict[str, int] = field(default_factory=dict)
+    reader_index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.writer_index = {w: i for i, w in enumerate(self.writers)}
+        self.reader_index = {r: i for i, r in enumerate(self.readers)}
+
+    @property
+    def gqa(self) -> bool:
+        return self.n_kv_heads != self.n_heads
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.mask.sum())
+
+    def edges(self) -> list[tuple[str, str]]:
+        """All edges (writer, reader) in writer-major order."""
+        return [(self.writers[int(w)], self.readers[int(r)]) for w, r in torch.nonzero(self.mask)]
+
+    def index(self, writer: str, reader: str) -> tuple[int, int]:
+        if writer not in self.writer_index:
+            raise ValueError(f"unknown writer {writer!r}; writers look like input, a0.h1, m2")
+        if reader not in self.reader_index:
+            kind = "a{L}.g{G}<k|v>" if self.gqa else "a{L}.h{H}<q|k|v>"
+            raise ValueError(f"unknown reader {reader!r}; readers look like {kind}, m2, logits")
+        w, r = self.writer_index[writer], self.reader_index[reader]
+        if not self.mask[w, r]:
+            raise ValueError(f"{writer}->{reader} is not an edge: the writer does not come before the reader")
+        return w, r
+
+    @staticmethod
+    def edge_name(writer: str, reader: str) -> str:
+        return f"{writer}->{reader}"
+
+    @staticmethod
+    def parse_edge(name: str) -> tuple[str, str]:
+        if "->" not in name:
+            raise ValueError(f"bad edge name {name!r}: expected WRITER->READER, e.g. a0.h1->a2.h3<q>")
+        w, r = name.split("->", 1)
+        return w, r
+
+    def reader_layer(self, reader: str) -> float:
+        """Where a reader sits: heads of layer L at L, the MLP of L at L + 0.5, logits at n_layers."""
+        if reader == "logits":
+            return float(self.n_layers)
+        layer = int(reader[1:].split(".")[0].split("<")[0])
+        return layer + (0.5 if reader.startswith("m") else 0.0)
+
+    def writer_layer(self, writer: str) -> float:
+        if writer == "input":
+            return -1.0
+        layer = int(writer[1:].split(".")[0])
+        return layer + (0.5 if writer.startswith("m") else 0.0)
+
+
+def head_readers(layer: int, n_heads: int, n_kv: int) -> list[str]:
+    """Reader names of one layer's attention: queries per head, keys/values per head or KV group."""
+    names = [f"a{layer}.h{h}<q>" for h in range(n_heads)]
+    if n_kv == n_heads:
+        names += [f"a{layer}.h{h}<{c}>" for c in "kv" for h in range(n_heads)]
+    else:
+        names += [f"a{layer}.g{g}<{c}>" for c in "kv" for g in range(n_kv)]
+    return names
+
+
+def edge_graph(model: Any) -> EdgeGraph:
+    """The full edge graph of a TransformerBridge (or anything with the same cfg fields)."""
+    cfg = model.cfg
+    n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+    writers = ["input"]
+    readers: list[str] = []
+    for layer in range(n_layers):
+        writers += [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]
+        readers += head_readers(layer, n_heads, n_kv) + [f"m{layer}"]
+    readers.append("logits")
+    g = EdgeGraph(writers, readers, torch.zeros(len(writers), len(readers), dtype=torch.bool), n_layers, n_heads,
+                  n_kv, parallel)
+    w_pos = torch.tensor([g.writer_layer(w) for w in writers])
+    r_pos = torch.tensor([g.reader_layer(r) for r in readers])
+    mask = w_pos[:, None] < r_pos[None, :]
+    if parallel:  # the MLP of layer L reads the layer input, not the heads of L
+        for layer in range(n_layers):
+            r = g.reader_index[f"m{layer}"]
+            for h in range(n_heads):
+                mask[g.writer_index[f"a{layer}.h{h}"], r] = False
+    g.mask = mask
+    return g

@@ -1,0 +1,75 @@
+"""EAP / EAP-IG: every edge class against a one-edge-at-a-time reference, IG identities,
+node scores = sums of edge scores, GQA groups kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.engines.attribution import attribute_edges, attribute_nodes
+from circuits.engines.edges import edge_graph
+from circuits.tasks import build_task
+from tests.conftest import ENGINE_ARCHS
+from tests.reference_engines import reader_gradient, writer_delta
+
+
+@pytest.mark.parametrize("arch", ENGINE_ARCHS)
+def test_eap_matches_one_edge_at_a_time_reference(arch, engine_models):
+    model = engine_models(arch)
+    ps = build_task("ioi", model.tokenizer, n=5, seed=3)
+    got = attribute_edges(model, ps)
+    g = got.graph
+    kv = "g0" if g.gqa else "h0"
+    # one edge of every class: input/head/MLP writers x q/k/v/MLP/logits readers
+    edges = [("input", "a0.h1<q>"), ("input", f"a1.{kv}<k>"), ("a0.h2", f"a1.{kv.replace('0', '1')}<v>"),
+             ("a0.h3", "a1.h2<q>"), ("m0", "a1.h0<q>"), ("a0.h0", "m0"), ("input", "m1"), ("m0", "m1"),
+             ("a1.h3", "logits"), ("m1", "logits"), ("input", "logits")]
+    for w, r in edges:
+        ref = float((writer_delta(model, ps, w) * reader_gradient(model, ps, r)).sum() / len(ps))
+        assert got.score(w, r) == pytest.approx(ref, abs=1e-5, rel=1e-4), (w, r)
+    assert max(abs(s) for _, s in got.ranked()[:5]) > 1e-3  # scores are not all ~0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ig_identities_and_node_sums(arch, engine_models):
+    model = engine_models(arch)
+    ps = build_task("ioi", model.tokenizer, n=5, seed=3)
+    eap = attribute_edges(model, ps, per_position=True)
+    for method in ("eap-ig-inputs", "eap-ig-activations"):
+        one = attribute_edges(model, ps, method=method, steps=1)
+        torch.testing.assert_close(one.scores, eap.scores, atol=1e-6, rtol=1e-5)
+        five = attribute_edges(model, ps, method=method, steps=5)
+        assert not torch.allclose(five.scores, eap.scores)
+        assert five.settings["steps"] == 5
+    torch.testing.assert_close(eap.per_position.sum(0), eap.scores, atol=1e-6, rtol=1e-5)
+    nodes = attribute_nodes(model, ps)
+    g = eap.graph
+    for layer in range(g.n_layers):
+        for h in range(g.n_heads):
+            total = float(eap.scores[g.writer_index[f"a{layer}.h{h}"]].sum())
+            assert float(nodes["heads"].values[layer, h]) == pytest.approx(total, abs=1e-5, rel=1e-4)
+        assert float(nodes["mlps"].values[layer]) == pytest.approx(
+            float(eap.scores[g.writer_index[f"m{layer}"]].sum()), abs=1e-5, rel=1e-4)
+
+
+def test_edge_graph_shapes_and_names(engine_models, loaded_models):
+    g = edge_graph(engine_models("gpt2"))
+    assert g.writers[:2] == ["input", "a0.h0"] and g.readers[-1] == "logits"
+    assert g.n_edges == int(g.mask.sum()) and ("a0.h1", "a1.h2<k>") in g.edges()
+    with pytest.raises(ValueError, match="not an edge"):
+        g.index("a1.h0", "a0.h1<q>")
+    with pytest.raises(ValueError, match="unknown reader"):
+        g.index("a0.h0", "a1.h9<q>")
+    gq = edge_graph(engine_models("llama"))
+    assert gq.gqa and "a1.g1<k>" in gq.readers and "a1.h3<k>" not in gq.readers
+    neox = edge_graph(loaded_models("neox"))
+    assert neox.parallel_attn_mlp and not neox.mask[neox.writer_index["a0.h0"], neox.reader_index["m0"]]
+
+
+def test_attribution_errors(engine_models):
+    model = engine_models("gpt2")
+    ps = build_task("ioi", model.tokenizer, n=3, seed=0)
+    with pytest.raises(ValueError, match="method"):
+        attribute_edges(model, ps, method="ig")
+    with pytest.raises(ValueError, match="steps"):
+        attribute_edges(model, ps, method="eap-ig-inputs", steps=0)
