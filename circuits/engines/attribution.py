@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 
 from circuits.engines import runner
-from circuits.engines.common import Metric, answer_vocab, evaluate_metric, model_name, resolve_metric
+from circuits.engines.common import (
+    Metric,
+    answer_vocab,
+    evaluate_metric,
+    model_name,
+    resolve_metric,
+)
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.engines.scores import Scores
 from circuits.prompts import PromptSet
