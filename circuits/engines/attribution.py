@@ -197,7 +197,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
         with runner.restricted_vocab(vocab):
             for k in range(1, n_points + 1):
                 a = k / n_points
-                mix = lambda name: a * clean[name] + (1 - a) * corr[name]  # noqa: E731
+                mix = lambda name, a=a: a * clean[name] + (1 - a) * corr[name]  # noqa: E731
                 ov = None
                 if method == "eap-ig-inputs" and a < 1:
                     ov = {"input": mix("blocks.0.hook_resid_pre")}
