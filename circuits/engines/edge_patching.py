@@ -1,0 +1,181 @@
+"""Edge-level circuit evaluation: run the model with only a circuit's edges intact.
+
+For a circuit C (a boolean mask over the edge graph) every reader v reads
+
+    x_v = (its live residual input) + sum over edges u->v not in C of (a_u(ablated) - a_u(live))
+
+so an edge outside the circuit carries the writer's ablated value (its output on
+the corrupted prompt, or its mean over a reference set, or zero) while edges in
+the circuit carry the live value - MIB's and EAP-IG's definition. Head readers
+get their own input: each head's q (k, v per head or KV group) is recomputed from
+its own residual through the layer's input norm and W_Q (W_K, W_V).
+
+Many circuits share tiled forward passes (``evaluate_edge_circuits``), so a whole
+faithfulness curve costs about one forward pass per circuit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.engines import runner
+from circuits.engines.attribution import _writer_acts, _writer_names
+from circuits.engines.common import Metric, answer_vocab, evaluate_metric, resolve_metric
+from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.prompts import PromptSet
+
+ABLATIONS = ("corrupted", "mean", "zero")
+
+
+def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: PromptSet | None) -> Tensor:
+    """[b, p, W, d] the value each writer takes on an ablated edge."""
+    n_layers = int(model.cfg.n_layers)
+    names = _writer_names(n_layers)
+    end = ps.positions["END"]
+    if ablation == "corrupted":
+        _, store = runner.run_with_store(model, ps.corrupted, end, names)
+        return _writer_acts(model, store)
+    if ablation == "zero":
+        _, store = runner.run_with_store(model, ps.clean, end, names)
+        return torch.zeros_like(_writer_acts(model, store))
+    ref = (reference or ps).to(ps.clean.device)
+    _, store = runner.run_with_store(model, ref.clean, ref.positions["END"], names)
+    acts = _writer_acts(model, store)  # [n_ref, P_ref, W, d]
+    mask = ref.attention_mask[:, :, None, None].to(acts.dtype)
+    glob = (acts * mask).sum((0, 1)) / mask.sum((0, 1)).clamp_min(1)
+    pos_mean = (acts * mask).sum(0) / mask.sum(0).clamp_min(1)
+    pos_mean = torch.where(mask.sum(0) > 0, pos_mean, glob)
+    n_pos = ps.clean.shape[1]
+    if pos_mean.shape[0] < n_pos:
+        pos_mean = torch.cat([pos_mean, glob.expand(n_pos - pos_mean.shape[0], *glob.shape)])
+    return pos_mean[:n_pos][None].expand(len(ps), *pos_mean[:n_pos].shape)
+
+
+def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
+    from circuits.engines.path_patching import _direct_inputs_check
+
+    layers = range(graph.n_layers)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    names += [f"blocks.{layer}.attn.hook_{c}" for layer in layers for c in "qkv"]
+    _, store = runner.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
+    recv = [(layer, 0, c) for layer in layers for c in "qkv"]
+    if not _direct_inputs_check(model, store, recv):
+        raise ValueError("edge-level evaluation needs each head's q/k/v to be its input norm followed by "
+                         "W_Q/W_K/W_V (true for GPT-2, Llama, Qwen2, GPT-NeoX); this model differs")
+
+
+def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n: int, b: int) -> list:
+    """Hooks running ``n`` tiles, tile t keeping only the edges in ``masks[t]`` ([W, R] bool)."""
+    off = (~masks).to(ablated.dtype)  # [n, W, R] 1 = ablated edge
+    abl = runner.tile(ablated, n)  # [n*b, p, W, d]
+    live: list[Tensor] = []  # writer outputs in graph order, as they happen
+    saved: dict[str, Tensor] = {}
+    n_heads = graph.n_heads
+
+    def shifted(x: Tensor, readers: list[int]) -> Tensor:
+        """x [n*b, p, d] + per-reader ablation shift -> [n*b, p, len(readers), d]."""
+        lv = torch.cat(live, 2) if live else x.new_zeros(*x.shape[:2], 0, x.shape[-1])
+        k = lv.shape[2]  # writers so far
+        diff = (abl[:, :, :k] - lv).reshape(n, b, *lv.shape[1:])  # [n, b, p, k, d]
+        sel = off[:, :k][:, :, readers]  # [n, k, r]
+        shift = torch.einsum("nbpkd,nkr->nbprd", diff, sel).reshape(n * b, x.shape[1], len(readers), -1)
+        return x[:, :, None] + shift
+
+    hooks: list = [("blocks.0.hook_resid_pre", lambda x, hook: live.append(x[:, :, None]) or x)]
+    for layer in range(graph.n_layers):
+        attn = model.blocks[layer].attn
+
+        def save_in(x, hook, layer=layer):
+            if not saved.get("busy"):  # our own per-reader norm calls below fire this hook too
+                saved[f"in.{layer}"] = x
+            return x
+        hooks.append((f"blocks.{layer}.ln1.hook_in", save_in))
+        for comp, w, bname in (("q", attn.W_Q, "b_Q"), ("k", attn.W_K, "b_K"), ("v", attn.W_V, "b_V")):
+            n_idx = w.shape[0]
+            if comp == "q" or not graph.gqa:
+                names = [f"a{layer}.h{h}<{comp}>" for h in range(n_idx)]
+            else:
+                names = [f"a{layer}.g{g}<{comp}>" for g in range(n_idx)]
+            ridx = [graph.reader_index[nm] for nm in names]
+
+            def recompute(act, hook, layer=layer, w=w, bname=bname, ridx=ridx):
+                x = saved[f"in.{layer}"]
+                xs = shifted(x, ridx)  # [n*b, p, r, d]
+                saved["busy"] = True
+                try:
+                    normed = model.blocks[layer].ln1(xs.permute(2, 0, 1, 3).reshape(-1, *x.shape[1:]))
+                finally:
+                    saved["busy"] = False
+                normed = normed.reshape(len(ridx), *x.shape).permute(1, 2, 0, 3)
+                new = torch.einsum("bprd,rde->bpre", normed, w.to(normed.dtype))
+                bias = getattr(model.blocks[layer].attn, bname, None)
+                return new if bias is None else new + bias
+            hooks.append((f"blocks.{layer}.attn.hook_{comp}", recompute))
+
+        def take_heads(z, hook, layer=layer):
+            live.append(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
+            return z
+        hooks.append((f"blocks.{layer}.attn.hook_z", take_heads))
+        r_mlp = [graph.reader_index[f"m{layer}"]]
+
+        def mlp_in(x, hook, r_mlp=r_mlp, layer=layer):
+            if graph.parallel_attn_mlp:  # the MLP reads the layer input: this layer's heads are not upstream
+                keep = live[:-1]
+                live[:] = keep
+                out = shifted(x, r_mlp)[:, :, 0]
+                live.append(saved[f"heads.{layer}"])
+                return out
+            return shifted(x, r_mlp)[:, :, 0]
+        if graph.parallel_attn_mlp:
+            def remember(z, hook, layer=layer):
+                saved[f"heads.{layer}"] = live[-1]
+                return z
+            hooks.append((f"blocks.{layer}.attn.hook_z", remember))
+        hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", lambda x, hook: live.append(x[:, :, None]) or x))
+    r_log = [graph.reader_index["logits"]]
+    hooks.append(("ln_final.hook_in", lambda x, hook: shifted(x, r_log)[:, :, 0]))
+    return hooks
+
+
+@torch.no_grad()
+def evaluate_edge_circuits(model: Any, ps: PromptSet, circuits: Sequence[Tensor], *, ablation: str = "corrupted",
+                           reference: PromptSet | None = None, metric: str | Metric = "logit_diff",
+                           memory_budget: int | None = None, progress: bool = False,
+                           return_logits: bool = False) -> Tensor:
+    """Per-prompt metric [n_circuits, b] of each edge circuit (boolean [W, R] masks, True = kept).
+
+    With ``return_logits`` the END logits [n_circuits, b, vocab] are returned instead.
+    """
+    if ablation not in ABLATIONS:
+        raise ValueError(f"edge ablation must be one of {ABLATIONS}, got {ablation!r}")
+    fn, metric_name = resolve_metric(metric)
+    ps = ps.to(model.cfg.device)
+    graph = edge_graph(model)
+    for i, c in enumerate(circuits):
+        if tuple(c.shape) != tuple(graph.mask.shape):
+            raise ValueError(f"circuit {i} has shape {tuple(c.shape)}; the edge graph is {tuple(graph.mask.shape)}")
+    _check_reader_inputs(model, graph, ps)
+    ablated = _ablated_writers(model, ps, ablation, reference)
+    ps_m, vocab = answer_vocab(ps, "none" if return_logits else metric_name)
+    b, p = ps.clean.shape
+    d = int(model.cfg.d_model)
+    budget = runner.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    row_bytes = budget // runner.rows_per_forward(model, p, budget) + 3 * 4 * len(graph.writers) * d * p
+    per = max(1, budget // (b * row_bytes))
+    out = []
+    groups = list(runner.chunks(list(circuits), per))
+    with runner.restricted_vocab(vocab):
+        for chunk in tqdm(groups, desc="edge circuits", disable=not progress or len(groups) < 2, leave=False):
+            n = len(chunk)
+            masks = torch.stack([c.to(ablated.device).bool() & graph.mask.to(ablated.device) for c in chunk])
+            hooks = _edge_hooks(model, graph, masks, ablated, n, b)
+            logits = runner.end_logits(model, runner.tile(ps.clean, n), runner.tile(ps.positions["END"], n), hooks)
+            logits = logits.reshape(n, b, -1)
+            out.append(logits if return_logits else torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits]))
+    return torch.cat(out).cpu()
