@@ -75,7 +75,6 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
     abl = runner.tile(ablated, n)  # [n*b, p, W, d]
     live: list[Tensor] = []  # writer outputs in graph order, as they happen
     saved: dict[str, Tensor] = {}
-    n_heads = graph.n_heads
 
     def shifted(x: Tensor, readers: list[int]) -> Tensor:
         """x [n*b, p, d] + per-reader ablation shift -> [n*b, p, len(readers), d]."""
