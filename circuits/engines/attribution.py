@@ -10,8 +10,12 @@ estimate of M(edge patched to corrupted) - M(clean), as in Syed et al. and the
 EAP-IG library. EAP-IG averages the gradient over ``steps`` points on a straight
 path from corrupted to clean, alpha = k / steps for k = 1..steps (so one step is
 EAP): ``"inputs"`` interpolates the input embeddings and lets the model compute
-the rest; ``"activations"`` sets every writer's output to its interpolation. Each
-step is one forward and one backward pass for the whole batch.
+the rest; ``"activations"`` interpolates one group of writers at a time (the input,
+one attention layer, one MLP) while everything else runs live, and scores a
+writer's edges with the gradients of its own group's path (the EAP-IG library
+averages every group's gradients into every edge instead). Each step is one
+forward and one backward pass for the whole batch (the activations variant tiles
+the batch once per writer group).
 
 Per-reader gradients come from one backward pass: MLP and logits readers get their
 own copy of the residual stream; a head reader's gradient is pulled back from
@@ -71,7 +75,8 @@ class EdgeScores:
 
 def _gradient_pass(model: Any, tokens: Tensor, end: Tensor, fn: Metric, ps_m: PromptSet,
                    overrides: dict[str, Tensor] | None = None) -> dict[str, Any]:
-    """One forward + backward on ``tokens`` (with writer ``overrides``): every reader's input gradient.
+    """One forward + backward on ``tokens`` (with writer ``overrides``: name -> (value, rows)):
+    every reader's input gradient.
 
     Returns {"q"/"k"/"v": {layer: [b, p, heads, d_head] grads}, "ln1_in": {layer: x}, "ln1_grad":
     {layer: total grad}, "mlp": {layer: [b, p, d]}, "logits": [b, p, d], "z": {layer: grad},
@@ -80,9 +85,15 @@ def _gradient_pass(model: Any, tokens: Tensor, end: Tensor, fn: Metric, ps_m: Pr
     n_layers = int(model.cfg.n_layers)
     keep: dict[str, Tensor] = {}
 
-    def tap(name: str, replace: Tensor | None = None):
+    def tap(name: str, replace: tuple[Tensor, Tensor] | None = None):
+        """Keep (and optionally override) an activation; ``replace`` = (value, rows to override)."""
         def hook(x: Tensor, hook: Any) -> Tensor:
-            y = (replace.detach().to(x.dtype) if replace is not None else x).clone()
+            if replace is None:
+                y = x.clone()
+            else:
+                value, rows = replace
+                shape = (-1,) + (1,) * (x.ndim - 1)
+                y = torch.where(rows.reshape(shape).to(x.device), value.detach().to(x.dtype), x)
             if not y.requires_grad:
                 y.requires_grad_(True)
             y.retain_grad()
@@ -189,6 +200,16 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     with torch.no_grad():
         delta = _writer_acts(model, corr) - _writer_acts(model, clean)  # [b, p, W, d]
     n_points = 1 if method == "eap" else steps
+    b = len(ps)
+    # writer groups integrated separately by the activations variant: input, each attention layer, each MLP
+    groups = [["blocks.0.hook_resid_pre"]] + [[n] for layer in range(n_layers)
+                                              for n in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out")]
+    key = {"blocks.0.hook_resid_pre": "input"}
+    key |= {f"blocks.{layer}.attn.hook_z": f"z.{layer}" for layer in range(n_layers)}
+    key |= {f"blocks.{layer}.hook_mlp_out": f"mlp_out.{layer}" for layer in range(n_layers)}
+    tiles = len(groups) if method == "eap-ig-activations" and n_points > 1 else 1
+    tokens, ends = runner.tile(ps.clean, tiles), runner.tile(end, tiles)
+    ps_t = ps_m.subset(torch.arange(b).repeat(tiles)) if tiles > 1 else ps_m
     grads, worst = None, 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -197,18 +218,22 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
         with runner.restricted_vocab(vocab):
             for k in range(1, n_points + 1):
                 a = k / n_points
-                mix = lambda name, a=a: a * clean[name] + (1 - a) * corr[name]  # noqa: E731
                 ov = None
-                if method == "eap-ig-inputs" and a < 1:
-                    ov = {"input": mix("blocks.0.hook_resid_pre")}
-                elif method == "eap-ig-activations" and a < 1:
-                    ov = {"input": mix("blocks.0.hook_resid_pre")}
-                    for layer in range(n_layers):
-                        ov[f"z.{layer}"] = mix(f"blocks.{layer}.attn.hook_z")
-                        ov[f"mlp_out.{layer}"] = mix(f"blocks.{layer}.hook_mlp_out")
-                g = _gradient_pass(model, ps.clean, end, fn, ps_m, ov)
+                if a < 1 and method == "eap-ig-inputs":
+                    name = "blocks.0.hook_resid_pre"
+                    ov = {"input": (a * clean[name] + (1 - a) * corr[name], torch.ones(b, dtype=torch.bool))}
+                elif a < 1 and method == "eap-ig-activations":
+                    ov = {}
+                    for t, grp in enumerate(groups):
+                        for name in grp:
+                            rows = torch.zeros(tiles * b, dtype=torch.bool)
+                            rows[t * b:(t + 1) * b] = True
+                            value = runner.tile(a * clean[name] + (1 - a) * corr[name], tiles)
+                            ov[key[name]] = (value, rows)
+                g = _gradient_pass(model, tokens, ends, fn, ps_t, ov)
                 rg, err = _reader_grads(model, g, graph)
                 worst = max(worst, err)
+                rg = rg.reshape(tiles, b, *rg.shape[1:])
                 grads = rg if grads is None else grads + rg
     finally:
         for p in params:
@@ -217,9 +242,18 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
         raise RuntimeError(f"per-head reader gradients do not add up to the norm's gradient (relative error "
                            f"{worst:.2e}): this architecture transforms q/k/v after hook_q/k/v in a way "
                            "EAP does not model (e.g. QK-norm)")
-    grads = grads / n_points
+    grads = (grads / n_points).detach()  # [tiles, b, p, R, d]
+    if tiles == 1:
+        pos = torch.einsum("bpwd,bprd->pwr", delta, grads[0])
+    else:  # a writer's edges use the gradients of the pass that integrated the writer's own group
+        sizes = [1] + [n for _ in range(n_layers) for n in (graph.n_heads, 1)]
+        parts, start = [], 0
+        for t, size in enumerate(sizes):
+            parts.append(torch.einsum("bpwd,bprd->pwr", delta[:, :, start:start + size], grads[t]))
+            start += size
+        pos = torch.cat(parts, 1)
     mask = graph.mask.to(delta.device)
-    pos = (torch.einsum("bpwd,bprd->pwr", delta, grads.detach()) / len(ps) * mask).detach()
+    pos = (pos / len(ps) * mask).detach()
     return EdgeScores(graph, pos.sum(0).cpu(), pos.cpu() if per_position else None,
                       {"engine": "edge_attribution", "method": method, "steps": n_points,
                        "metric": metric_name, "direction": "corrupted - clean, gradient on the clean path",

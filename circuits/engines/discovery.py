@@ -1,0 +1,217 @@
+"""Circuits from edge scores (top-n, threshold, greedy), pruning, ACDC and stability.
+
+A circuit is a boolean mask over the edge graph (True = edge kept). ``prune``
+removes dangling parts as MIB does: a node stays only if it has an outgoing edge
+and an incoming edge (``input`` always counts as fed, ``logits`` as read), and an
+edge stays only if both its ends stay; repeated until nothing changes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.prompts import PromptSet
+
+
+def _owners(graph: EdgeGraph) -> tuple[Tensor, Tensor]:
+    """(reader -> writer node matrix [W, R]: reader r belongs to writer w, logits-reader flags [R])."""
+    own = torch.zeros(len(graph.writers), len(graph.readers), dtype=torch.bool)
+    group = graph.n_heads // graph.n_kv_heads
+    for r, name in enumerate(graph.readers):
+        if name == "logits":
+            continue
+        if name.startswith("m"):
+            own[graph.writer_index[name], r] = True
+            continue
+        head_part = name.split("<")[0]
+        layer, idx = head_part[1:].split(".")
+        if idx.startswith("g"):  # a KV group reader belongs to every head of the group
+            g = int(idx[1:])
+            for h in range(g * group, (g + 1) * group):
+                own[graph.writer_index[f"a{layer}.h{h}"], r] = True
+        else:
+            own[graph.writer_index[f"a{layer}.{idx}"], r] = True
+    is_logits = torch.tensor([n == "logits" for n in graph.readers])
+    return own, is_logits
+
+
+def prune(graph: EdgeGraph, circuit: Tensor) -> Tensor:
+    """Drop dangling nodes and edges (see the module docstring); returns a new mask."""
+    mask = circuit.bool() & graph.mask
+    own, is_logits = _owners(graph)
+    while True:
+        has_out = mask.any(1)
+        fed_readers = mask.any(0)
+        has_in = (own & fed_readers[None]).any(1)
+        has_in[graph.writer_index["input"]] = True
+        alive = has_out & has_in
+        reader_alive = (own & alive[:, None]).any(0) | is_logits
+        new = mask & alive[:, None] & reader_alive[None]
+        if torch.equal(new, mask):
+            return new
+        mask = new
+
+
+def _ranking(graph: EdgeGraph, scores: Tensor, absolute: bool) -> Tensor:
+    s = (scores.abs() if absolute else scores).clone().float()
+    s[~graph.mask] = -float("inf")
+    return torch.argsort(s.flatten(), descending=True)
+
+
+def select_topn(graph: EdgeGraph, scores: Tensor, n: int, *, absolute: bool = True, do_prune: bool = True) -> Tensor:
+    """The n highest-scoring edges (by |score| when ``absolute``), then pruned."""
+    if not 0 <= n <= graph.n_edges:
+        raise ValueError(f"n must be in [0, {graph.n_edges}] (the number of edges), got {n}")
+    mask = torch.zeros_like(graph.mask)
+    mask.view(-1)[_ranking(graph, scores, absolute)[:n]] = True
+    return prune(graph, mask) if do_prune else mask
+
+
+def select_threshold(graph: EdgeGraph, scores: Tensor, tau: float, *, absolute: bool = True,
+                     do_prune: bool = True) -> Tensor:
+    """Edges whose score (|score| when ``absolute``) is at least ``tau``, then pruned."""
+    s = scores.abs() if absolute else scores
+    mask = (s >= tau) & graph.mask
+    return prune(graph, mask) if do_prune else mask
+
+
+def select_greedy(graph: EdgeGraph, scores: Tensor, n: int, *, absolute: bool = True, do_prune: bool = True) -> Tensor:
+    """Grow from the logits: repeatedly add the best edge whose reader already belongs to the circuit."""
+    if not 0 <= n <= graph.n_edges:
+        raise ValueError(f"n must be in [0, {graph.n_edges}] (the number of edges), got {n}")
+    own, is_logits = _owners(graph)
+    s = (scores.abs() if absolute else scores).float().clone()
+    s[~graph.mask] = -float("inf")
+    mask = torch.zeros_like(graph.mask)
+    reader_on = is_logits.clone()
+    for _ in range(n):
+        cand = s.clone()
+        cand[:, ~reader_on] = -float("inf")
+        cand[mask] = -float("inf")
+        best = int(torch.argmax(cand))
+        if cand.view(-1)[best] == -float("inf"):
+            break
+        w, r = divmod(best, s.shape[1])
+        mask[w, r] = True
+        reader_on |= own[w]
+    return prune(graph, mask) if do_prune else mask
+
+
+@dataclass
+class EdgeCircuit:
+    """A discovered circuit: its edges and how it was found."""
+
+    edges: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_mask(cls, graph: EdgeGraph, mask: Tensor, **settings: Any) -> EdgeCircuit:
+        idx = torch.nonzero(mask & graph.mask)
+        return cls([f"{graph.writers[int(w)]}->{graph.readers[int(r)]}" for w, r in idx], settings)
+
+    def mask(self, graph: EdgeGraph) -> Tensor:
+        m = torch.zeros_like(graph.mask)
+        for e in self.edges:
+            m[graph.index(*EdgeGraph.parse_edge(e))] = True
+        return m
+
+    def nodes(self) -> list[str]:
+        out = set()
+        for e in self.edges:
+            w, r = EdgeGraph.parse_edge(e)
+            out.add(w)
+            out.add(r.split("<")[0])
+        return sorted(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edges": self.edges, "nodes": self.nodes(), "n_edges": len(self.edges), "settings": self.settings,
+                "log": self.log}
+
+
+def _kl(logits: Tensor, ref: Tensor) -> Tensor:
+    """KL(ref || logits) per row, in nats."""
+    lp, lq = torch.log_softmax(ref.float(), -1), torch.log_softmax(logits.float(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+@torch.no_grad()
+def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candidates: Tensor | None = None,
+         ablation: str = "corrupted", reference: PromptSet | None = None, progress: bool = True,
+         memory_budget: int | None = None) -> EdgeCircuit:
+    """ACDC (Conmy et al.): from the logits backwards, drop every edge whose removal changes the
+    objective by less than ``tau``.
+
+    objective "kl": mean KL(clean || circuit) at END (the paper's default); "logit_diff": the
+    change of the mean logit difference. ``candidates`` (a mask, e.g. EAP's top edges) restricts
+    the search: edges outside it are removed from the start.
+    """
+    from circuits.engines.edge_patching import evaluate_edge_circuits
+    from circuits.metrics import logit_diff
+
+    if objective not in ("kl", "logit_diff"):
+        raise ValueError(f"objective must be 'kl' or 'logit_diff', got {objective!r}")
+    graph = edge_graph(model)
+    ps = ps.to(model.cfg.device)
+    mask = graph.mask.clone() if candidates is None else (candidates.bool() & graph.mask)
+
+    def value(m: Tensor) -> float:
+        lg = evaluate_edge_circuits(model, ps, [m], ablation=ablation, reference=reference, return_logits=True,
+                                    memory_budget=memory_budget)[0]
+        if objective == "kl":
+            return float(_kl(lg, clean_logits).mean())
+        return float(logit_diff(lg, ps.to("cpu")).mean())
+
+    clean_logits = evaluate_edge_circuits(model, ps, [graph.mask], ablation=ablation, reference=reference,
+                                          return_logits=True)[0]
+    current = value(mask)
+    order = sorted(range(len(graph.readers)), key=lambda r: -graph.reader_layer(graph.readers[r]))
+    todo = [(w, r) for r in order for w in sorted(torch.nonzero(mask[:, r]).flatten().tolist(),
+                                                   key=lambda w: -graph.writer_layer(graph.writers[w]))]
+    log = []
+    for w, r in tqdm(todo, desc="acdc", disable=not progress, leave=False):
+        if not mask[w, r]:
+            continue
+        trial = mask.clone()
+        trial[w, r] = False
+        v = value(trial)
+        removed = abs(v - current) < tau
+        log.append({"edge": f"{graph.writers[w]}->{graph.readers[r]}", "before": current, "after": v,
+                    "removed": removed})
+        if removed:
+            mask, current = trial, v
+    mask = prune(graph, mask)
+    circ = EdgeCircuit.from_mask(graph, mask, engine="acdc", tau=tau, objective=objective, ablation=ablation,
+                                 candidates=None if candidates is None else int(candidates.sum()),
+                                 final_objective=current, n_prompts=len(ps))
+    circ.log = log
+    return circ
+
+
+def jaccard(a: Tensor, b: Tensor) -> float:
+    """|a & b| / |a | b| of two edge masks (1.0 for two empty circuits)."""
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def bootstrap_stability(ps: PromptSet, find: Callable[[PromptSet], Tensor], n_boot: int = 5, seed: int = 0
+                        ) -> dict[str, Any]:
+    """Edge Jaccard of circuits found on bootstrap resamples of the prompts vs the circuit on all of them.
+
+    ``find(prompts) -> mask``. Returns {"jaccard": [...], "mean", "min", "n_boot", "seed"}.
+    """
+    rng = random.Random(seed)
+    full = find(ps)
+    vals = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(len(ps)) for _ in range(len(ps))]
+        vals.append(jaccard(full, find(ps.subset(idx))))
+    return {"jaccard": vals, "mean": sum(vals) / len(vals), "min": min(vals), "n_boot": n_boot, "seed": seed}
