@@ -9,8 +9,16 @@ import torch
 from circuits import metrics
 from circuits.engines.ablation import Ablation
 from circuits.engines.attribution import attribute_edges
-from circuits.engines.discovery import (EdgeCircuit, acdc, bootstrap_stability, jaccard, prune, select_greedy,
-                                        select_threshold, select_topn)
+from circuits.engines.discovery import (
+    EdgeCircuit,
+    acdc,
+    bootstrap_stability,
+    jaccard,
+    prune,
+    select_greedy,
+    select_threshold,
+    select_topn,
+)
 from circuits.engines.edge_patching import evaluate_edge_circuits
 from circuits.engines.edges import edge_graph
 from circuits.engines.faithfulness import evaluate_ablated
