@@ -71,27 +71,37 @@ def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
 
 def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n: int, b: int) -> list:
     """Hooks running ``n`` tiles, tile t keeping only the edges in ``masks[t]`` ([W, R] bool)."""
-    off = (~masks).to(ablated.dtype)  # [n, W, R] 1 = ablated edge
-    abl = runner.tile(ablated, n)  # [n*b, p, W, d]
-    live: list[Tensor] = []  # writer outputs in graph order, as they happen
+    off = (~masks).to(ablated.dtype).transpose(1, 2).contiguous()  # [n, R, W] 1 = ablated edge
+    _, p, n_w, d = ablated.shape
+    abl = ablated.permute(2, 0, 1, 3).reshape(n_w, b * p * d)  # [W, b*p*d]
+    diff = ablated.new_zeros(n, n_w, b * p * d)  # ablated - live, filled as writers fire
+    state = {"k": 0}
     saved: dict[str, Tensor] = {}
 
-    def shifted(x: Tensor, readers: list[int]) -> Tensor:
+    def add_writers(live: Tensor) -> None:
+        """live [n*b, p, w, d] outputs of the next w writers."""
+        w = live.shape[2]
+        k = state["k"]
+        lay = live.reshape(n, b, p, w, d).permute(0, 3, 1, 2, 4).reshape(n, w, b * p * d)
+        diff[:, k:k + w] = abl[k:k + w][None] - lay
+        state["k"] = k + w
+
+    def shifted(x: Tensor, readers: list[int], upto: int | None = None) -> Tensor:
         """x [n*b, p, d] + per-reader ablation shift -> [n*b, p, len(readers), d]."""
-        lv = torch.cat(live, 2) if live else x.new_zeros(*x.shape[:2], 0, x.shape[-1])
-        k = lv.shape[2]  # writers so far
-        diff = (abl[:, :, :k] - lv).reshape(n, b, *lv.shape[1:])  # [n, b, p, k, d]
-        sel = off[:, :k][:, :, readers]  # [n, k, r]
-        shift = torch.einsum("nbpkd,nkr->nbprd", diff, sel).reshape(n * b, x.shape[1], len(readers), -1)
+        k = state["k"] if upto is None else upto
+        sel = off[:, readers, :k]  # [n, r, k]
+        shift = torch.bmm(sel, diff[:, :k])  # [n, r, b*p*d]
+        shift = shift.reshape(n, len(readers), b, p, d).permute(0, 2, 3, 1, 4).reshape(n * b, p, len(readers), d)
         return x[:, :, None] + shift
 
-    hooks: list = [("blocks.0.hook_resid_pre", lambda x, hook: live.append(x[:, :, None]) or x)]
+    hooks: list = [("blocks.0.hook_resid_pre", lambda x, hook: add_writers(x[:, :, None]) or x)]
     for layer in range(graph.n_layers):
         attn = model.blocks[layer].attn
 
         def save_in(x, hook, layer=layer):
             if not saved.get("busy"):  # our own per-reader norm calls below fire this hook too
                 saved[f"in.{layer}"] = x
+                saved["k_in"] = state["k"]
             return x
         hooks.append((f"blocks.{layer}.ln1.hook_in", save_in))
         for comp, w, bname in (("q", attn.W_Q, "b_Q"), ("k", attn.W_K, "b_K"), ("v", attn.W_V, "b_V")):
@@ -104,7 +114,7 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
 
             def recompute(act, hook, layer=layer, w=w, bname=bname, ridx=ridx):
                 x = saved[f"in.{layer}"]
-                xs = shifted(x, ridx)  # [n*b, p, r, d]
+                xs = shifted(x, ridx, saved["k_in"])  # [n*b, p, r, d]
                 saved["busy"] = True
                 try:
                     normed = model.blocks[layer].ln1(xs.permute(2, 0, 1, 3).reshape(-1, *x.shape[1:]))
@@ -117,26 +127,17 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
             hooks.append((f"blocks.{layer}.attn.hook_{comp}", recompute))
 
         def take_heads(z, hook, layer=layer):
-            live.append(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
+            add_writers(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
             return z
         hooks.append((f"blocks.{layer}.attn.hook_z", take_heads))
         r_mlp = [graph.reader_index[f"m{layer}"]]
 
-        def mlp_in(x, hook, r_mlp=r_mlp, layer=layer):
-            if graph.parallel_attn_mlp:  # the MLP reads the layer input: this layer's heads are not upstream
-                keep = live[:-1]
-                live[:] = keep
-                out = shifted(x, r_mlp)[:, :, 0]
-                live.append(saved[f"heads.{layer}"])
-                return out
-            return shifted(x, r_mlp)[:, :, 0]
-        if graph.parallel_attn_mlp:
-            def remember(z, hook, layer=layer):
-                saved[f"heads.{layer}"] = live[-1]
-                return z
-            hooks.append((f"blocks.{layer}.attn.hook_z", remember))
+        def mlp_in(x, hook, r_mlp=r_mlp):
+            # parallel blocks: the MLP reads the layer input, so this layer's heads are not upstream
+            upto = saved["k_in"] if graph.parallel_attn_mlp else None
+            return shifted(x, r_mlp, upto)[:, :, 0]
         hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", lambda x, hook: live.append(x[:, :, None]) or x))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", lambda x, hook: add_writers(x[:, :, None]) or x))
     r_log = [graph.reader_index["logits"]]
     hooks.append(("ln_final.hook_in", lambda x, hook: shifted(x, r_log)[:, :, 0]))
     return hooks
