@@ -7,12 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 MODEL  ?= zoo:toyworld
 N      ?= 64
 SEED   ?= 0
+TASK   ?= ioi
 
-.PHONY: setup test test-fast lint format ioi bench zoo zoo-check clean help
+.PHONY: setup test test-fast lint format ioi discover bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab (idempotent)"
 	@echo "make ioi         run the IOI analysis on MODEL (default $(MODEL))"
+	@echo "make discover    EAP, EAP-IG, ACDC and MIB curves for TASK on MODEL (results/discover/)"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        run the test suite"
 	@echo "make lint        ruff"
@@ -44,8 +46,12 @@ format: setup
 ioi: setup
 	$(BIN)/circuits ioi --model $(MODEL) --n $(N) --seed $(SEED)
 
+discover: setup
+	$(BIN)/circuits discover --task $(TASK) --model $(MODEL) --seed $(SEED)
+
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json
+	$(BIN)/python benchmarks/bench_attribution.py --out results/bench/attribution.json
 
 zoo: setup
 	$(BIN)/circuits zoo train

@@ -43,6 +43,13 @@ def _cmd_ioi(args: argparse.Namespace) -> int:
     return ioi_main(model=args.model, n=args.n, seed=args.seed, device=args.device, out=args.out)
 
 
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from analyses.discover import main as discover_main
+
+    return discover_main(task=args.task, model=args.model, n=args.n, seed=args.seed, device=args.device,
+                         out=args.out, steps=args.steps, tau=args.tau)
+
+
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from circuits.zoo import list_zoo
 
@@ -84,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
     s.add_argument("--out", default="results")
     s.set_defaults(fn=_cmd_ioi)
+
+    s = sub.add_parser("discover", help="circuit discovery: EAP, EAP-IG, ACDC, MIB curves (results/discover/)")
+    s.add_argument("--task", default="ioi")
+    s.add_argument("--model", default="zoo:toyworld")
+    s.add_argument("--n", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, default=5, help="EAP-IG integration steps")
+    s.add_argument("--tau", type=float, default=0.02, help="ACDC threshold (KL, nats)")
+    s.add_argument("--device")
+    s.add_argument("--out", default="results")
+    s.set_defaults(fn=_cmd_discover)
 
     s = sub.add_parser("zoo", help="the bundled model organisms: list, check, train")
     s.add_argument("action", choices=["list", "check", "train"])

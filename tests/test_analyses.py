@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from analyses.ioi import main as ioi_main
 from analyses.ioi import pick
 
@@ -36,3 +38,22 @@ def test_pick_selects_by_sign_and_size():
     assert pick(eff, {(0, 0)}, cap=1) == [(0, 1)]
     assert pick(eff, set(), sign=+1) == [(1, 1)]  # 5 < 25% of 40
     assert pick(torch.tensor([[-1.0]]), set()) == []
+
+
+def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_path, capsys):
+    from analyses.discover import main as discover_main
+
+    rc = discover_main(task="ioi", model=model_dirs[("gpt2", "word")], n=6, seed=0, device="cpu",
+                       out=str(tmp_path), steps=2, n_boot=2)
+    assert rc == 0
+    folder = tmp_path / "discover" / "ioi"
+    (sub,) = list(folder.iterdir())
+    r = json.loads((sub / "discover.json").read_text())
+    assert set(r["mib"]) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC"}
+    for c in r["mib"].values():
+        assert len(c["faithfulness"]) == 10 and c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
+    assert {"node", "edge"} <= set(r["agreement"])
+    assert json.loads((sub / "eap_ig_circuit.json").read_text())["edges"]
+    for stem in ("curves", "circuit"):
+        assert (sub / f"{stem}.png").stat().st_size > 1000
+    assert "CPR" in capsys.readouterr().out

@@ -16,7 +16,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("tasks", "build", "info", "ioi", "zoo"):
+    for cmd in ("tasks", "build", "info", "ioi", "discover", "zoo"):
         assert cmd in out
 
 

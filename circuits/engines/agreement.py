@@ -40,8 +40,9 @@ def correlations(a: Tensor, b: Tensor) -> dict[str, float]:
 def _sign_check(names: list[str], approx: Tensor, exact: Tensor, top: int) -> list[dict[str, Any]]:
     order = torch.argsort(exact.abs(), descending=True)[:top]
     bad = []
+    floor = 0.01 * float(exact.abs().max()) if len(exact) else 0.0  # ignore effects at noise level
     for i in order.tolist():
-        if abs(float(exact[i])) > 1e-6 and float(approx[i]) * float(exact[i]) < 0:
+        if abs(float(exact[i])) > floor and float(approx[i]) * float(exact[i]) < 0:
             bad.append({"component": names[i], "attribution": float(approx[i]), "exact": float(exact[i])})
     return bad
 
@@ -85,6 +86,7 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
     bad_edges = _sign_check(edge_names, approx_edge, exact_edge, top)
     report = {
         "method": method, "steps": steps, "n_prompts": len(ps),
+        "node_method": "attribution patching of head outputs (first order)",
         "node": {**correlations(node_attr, exact_node_effect), "sign_disagreements_top": bad_nodes,
                  "attribution": node_attr.tolist(), "exact": exact_node_effect.tolist()},
         "edge": {**correlations(approx_edge, exact_edge), "sign_disagreements_top": bad_edges,
