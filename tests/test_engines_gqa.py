@@ -61,3 +61,30 @@ def test_gqa_copy_score_uses_the_group_value_weights(arch, engine_models):
         want = (logits.topk(5, -1).indices == ps.clean[rows, ps.positions["IO"]][:, None]).any(-1).float().mean()
         got = detectors.copy_scores(model, ps, ["IO"]).values[1, h]
         assert float(got) == pytest.approx(float(want))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gqa_models_run_attribution_and_discovery(arch, engine_models):
+    from circuits import metrics
+    from circuits.engines.agreement import agreement_report
+    from circuits.engines.attribution import attribute_edges
+    from circuits.engines.discovery import acdc, select_topn
+    from circuits.engines.edge_patching import evaluate_edge_circuits
+    from circuits.engines.mib import faithfulness_curve
+
+    model = engine_models(arch)
+    ps = build_task("ioi", model.tokenizer, n=5, seed=2)
+    for method in ("eap", "eap-ig-inputs", "eap-ig-activations"):
+        s = attribute_edges(model, ps, method=method, steps=2)
+        assert s.graph.gqa and torch.isfinite(s.scores).all()
+    g = s.graph
+    vals = evaluate_edge_circuits(model, ps, [g.mask, torch.zeros_like(g.mask)])
+    torch.testing.assert_close(vals[0], metrics.logit_diff(model(ps.clean), ps, reduce="none"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vals[1], metrics.logit_diff(model(ps.corrupted), ps, reduce="none"),
+                               atol=1e-5, rtol=1e-5)
+    curve = faithfulness_curve(model, ps, s)
+    assert curve["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
+    circ = acdc(model, ps, 0.01, candidates=select_topn(g, s.scores, 15, do_prune=False), progress=False)
+    assert all("->" in e for e in circ.edges)
+    rep = agreement_report(model, ps, steps=2, strict=False, max_edges=40)
+    assert rep["edge"]["edges_compared"] == 40 and -1 <= rep["edge"]["pearson"] <= 1
