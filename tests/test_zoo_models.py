@@ -9,6 +9,7 @@ from circuits import metrics
 from circuits.models import load_model
 from circuits.tasks import build_task
 from circuits.zoo import ZOO_DIR, list_zoo
+from circuits.zoo.check import trained_tasks
 from circuits.zoo.toyworld import EVAL_TASKS
 
 IN_CONTEXT = ["ioi", "colored_objects", "reasoning", "induction"]
@@ -99,7 +100,8 @@ def knock_out_end_attention(model, ps):
     if f"toyworld {t} >= 95%" in KNOWN_SHORTFALLS else t for t in IN_CONTEXT
 ])
 def test_in_context_tasks_go_through_attention(task, toyworld):
-    ps = build_task(task, toyworld.tokenizer, n=100, seed=99, split="test", **EVAL_TASKS[task])
+    ps = build_task(task, toyworld.tokenizer, n=100, seed=99, split="test",
+                    **trained_tasks("toyworld", EVAL_TASKS)[task])
     with torch.no_grad():
         clean = metrics.accuracy(toyworld(ps.clean), ps).item()
         knocked = toyworld.run_with_hooks(ps.clean, fwd_hooks=knock_out_end_attention(toyworld, ps))

@@ -28,6 +28,17 @@ def checkpoints(names: list[str]) -> list[str]:
     return sorted((n for n in names if re.fullmatch(r"toyworld@\d+", n)), key=lambda n: int(n.split("@")[1]))
 
 
+def trained_tasks(name: str, default: dict[str, dict]) -> dict[str, dict]:
+    """The task options a bundled model was trained with (its recipe.json), else ``default``."""
+    import json
+
+    recipe = ZOO_DIR / name / "recipe.json"
+    if not recipe.exists():
+        return default
+    opts = json.loads(recipe.read_text()).get("task_options", {})
+    return {t: opts.get(t, o) for t, o in default.items()}
+
+
 def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
     """Measured numbers for each bundled model (loaded through load_model, on CPU)."""
     from circuits.models import load_model
@@ -40,7 +51,7 @@ def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
         model = load_model(f"zoo:{name}", device="cpu")
         tok = model.tokenizer
         if name.startswith("toyworld"):
-            out[name] = {"tasks": evaluate_tasks(model, tok, toyworld.EVAL_TASKS, n=n)}
+            out[name] = {"tasks": evaluate_tasks(model, tok, trained_tasks(name, toyworld.EVAL_TASKS), n=n)}
         elif name == "reasoner-base":
             out[name] = evaluate_reasoner(model.original_model, tok, n=2 * n, direct=True)
         elif name.startswith("reasoner-"):
