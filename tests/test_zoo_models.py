@@ -48,9 +48,8 @@ def test_plain_transformers_loads_the_checkpoint(name, toyworld):
 # Targets the bundled weights are known to miss (see the zoo issue's note). Strict xfail:
 # a target that starts to pass fails this test, so the list cannot go stale.
 KNOWN_SHORTFALLS: dict[str, str] = {
-    "toyworld colored_objects >= 95%": "stays at the 1-in-3 chance plateau (34.5% held-out); recipe open",
-    "toyworld mental_math >= 95%": "add/sub to 20 reaches 27.5% held-out in 8000 steps; needs more steps",
-    "toyworld recall >= 95%": "held-out phrasings 89% (100% at step 4000, forgotten late); recipe open",
+    "toyworld colored_objects >= 95%": "stays at the 1-in-3 chance plateau (35% held-out) in every phrasing tried; "
+                                       "recipe open",
 }
 
 TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [
