@@ -76,7 +76,11 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
     order = sorted(range(len(variants)), key=lambda i: -starts[i])  # chunks of similar start layers
     replay = runner.BlockReplay(model, tokens, end) if any(st > 0 for st in starts) else None
     out: list[Tensor | None] = [None] * len(variants)
-    groups = list(runner.chunks(order, per))
+    groups: list[list[int]] = []  # chunks never mix start layers: a chunk restarts at its own layer
+    for i in order:
+        if not groups or len(groups[-1]) >= per or starts[groups[-1][0]] != starts[i]:
+            groups.append([])
+        groups[-1].append(i)
     desc = progress if isinstance(progress, str) else "patching"
     for ids in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
         chunk = [variants[i] for i in ids]

@@ -133,7 +133,11 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
         replay = runner.BlockReplay(model, base_tok, end)  # blocks before a chunk's first sender see the base run
         scored = sorted(scored, key=lambda s: (s.layer, s.head))
-        groups = list(runner.chunks(scored, per_chunk))
+        groups: list[list[Node]] = []  # one sender layer per chunk: pass C restarts at that layer
+        for snd_i in scored:
+            if not groups or len(groups[-1]) >= per_chunk or groups[-1][0].layer != snd_i.layer:
+                groups.append([])
+            groups[-1].append(snd_i)
         fast = freeze_mlps and _direct_inputs_check(model, base_store, heads_recv)
         if fast:  # direct paths are linear up to the receivers: no pass C forward at all
             groups = []
