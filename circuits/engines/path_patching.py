@@ -118,7 +118,9 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             extra = sorted({z_names[s.layer] for s in snd})
             extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
             extra += sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
-        base_logits, base_store = runner.run_with_store(model, base_tok, end, attn_names + mlp_names + extra)
+        # the base run records what each block received, so later passes can restart at any layer
+        replay = runner.BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
+        base_logits, base_store = replay.base_logits, replay.store
         src_logits, src_store = runner.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
         base_vals = evaluate_metric(fn, base_logits, ps_m)
         s_pos = None if sender_position is None else ps.positions[sender_position].long()
@@ -131,7 +133,6 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         for s in snd:
             per[s.layer, s.head] = base_vals.cpu()
         per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
-        replay = runner.BlockReplay(model, base_tok, end)  # blocks before a chunk's first sender see the base run
         scored = sorted(scored, key=lambda s: (s.layer, s.head))
         groups: list[list[Node]] = []  # one sender layer per chunk: pass C restarts at that layer
         for snd_i in scored:

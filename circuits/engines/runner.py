@@ -152,7 +152,9 @@ class BlockReplay:
     than their call arguments), it falls back to full forward passes.
     """
 
-    def __init__(self, model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"]):
+    def __init__(self, model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
+                 store: Sequence[str] = ()):
+        """``store``: hook names whose base-run activations to keep in ``self.store`` (same pass)."""
         self.model, self.tokens, self.end = model, tokens, end
         self.calls: list[tuple[tuple, dict]] = []
         handles = []
@@ -163,7 +165,7 @@ class BlockReplay:
         for block in model.blocks:
             handles.append(block.register_forward_pre_hook(grab, with_kwargs=True))
         try:
-            self.base_logits = end_logits(model, tokens, end)
+            self.base_logits, self.store = run_with_store(model, tokens, end, list(store))
         finally:
             for h in handles:
                 h.remove()
