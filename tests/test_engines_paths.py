@@ -60,3 +60,26 @@ def test_path_patching_errors(engine_models):
     with pytest.raises(ValueError, match="senders must be attention heads"):
         path_patching(model, ps, ["logits"], senders=["m0"], progress=False)
     assert parse_receiver("a3.h1<v>") == (3, 1, "v") and parse_receiver((2, 0, "k")) == (2, 0, "k")
+
+
+def test_receivers_in_several_layers_with_senders_between(engine_models, tmp_path):
+    """Receivers in layers 1 and 3, senders in layers 0-2: a layer-2 sender has no path to the
+    layer-1 receiver, which must keep its base input (the chunk restarts at layer 2)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuits.models import load_model
+
+    tok = engine_models("gpt2").tokenizer
+    torch.manual_seed(5)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=4, n_head=4, n_positions=64, initializer_range=0.3,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    ps = build_task("ioi", model.tokenizer, n=4, seed=1)
+    receivers = [(1, 0, "q"), (3, 3, "k")]
+    got = path_patching(model, ps, receivers, progress=False, memory_budget=2**18)
+    for layer in (0, 1, 2):
+        for head in range(model.cfg.n_heads):
+            ref = naive_path_patch(model, ps, (layer, head), receivers)
+            torch.testing.assert_close(got.per_example[layer, head], ref, atol=1e-5, rtol=1e-5)

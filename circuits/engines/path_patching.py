@@ -113,7 +113,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
         attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
         mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if freeze_mlps else []
-        extra = []
+        extra = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})  # receivers' base inputs
         if freeze_mlps:  # what the direct-path shortcut needs: sender z, receiver inputs and their outputs
             extra = sorted({z_names[s.layer] for s in snd})
             extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
@@ -200,7 +200,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
 
                     def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
                         a = act.clone()
-                        c = got[name]
+                        # a receiver at or before the chunk's sender layer has no path from it: base input
+                        c = got[name] if name in got else runner.tile(base_store[name], n)
                         if r_pos is None:
                             a[:, :, idx] = c[:, :, idx]
                         else:
