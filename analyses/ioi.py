@@ -5,7 +5,8 @@ Steps, all on IOI prompts with the ABC corruption (p_ABC):
 2. head patching by position (IO, S1, S1+1, S2, END), noising and denoising;
 3. path patching backwards, as in the paper (noising, MLPs on the paths):
    logits -> heads with direct effects (name movers if END attends to IO more than
-   to S); their queries at END -> S-inhibition heads;
+   to S, S-suppression heads if it attends to S); their queries at END -> S-inhibition
+   heads, their keys and values -> duplicate-token / induction heads (K- and V-composition);
    S-inhibition values at S2 -> induction / duplicate-token heads;
    induction keys at S1+1 -> previous-token heads;
 4. the circuit: heads of each class at their position, classified by path
@@ -27,8 +28,8 @@ from typing import Any
 import torch
 
 POSITIONS = ["IO", "S1", "S1+1", "S2", "END"]
-CLASSES = ["name mover", "negative name mover", "other direct", "s-inhibition", "induction", "duplicate token",
-           "previous token"]
+CLASSES = ["name mover", "negative name mover", "s-suppression", "s-inhibition", "induction", "duplicate token",
+           "other upstream", "previous token"]
 
 
 def safe_name(spec: str) -> str:
@@ -124,28 +125,42 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
     other = [h for h in direct if not reads_io(h)]
     negative = [h for h in negative if reads_io(h)]
     chosen = set(direct) | set(negative)
-    sinh = []
+    sinh, keyed = [], []
     receivers = [h for h in movers + other if h[0] > 0]
-    if receivers:
+    if receivers:  # who feeds the direct heads: through their queries at END (S-inhibition) or their keys
         e2 = step("direct heads' queries", [f"a{a}.h{b}<q>" for a, b in receivers], "END")
         sinh = pick(e2, chosen)
         chosen |= set(sinh)
-    ind_dup = []
+        e2k = step("direct heads' keys", [f"a{a}.h{b}<k>" for a, b in receivers], None)
+        keyed = pick(e2k, chosen)
+        chosen |= set(keyed)
+        e2v = step("direct heads' values", [f"a{a}.h{b}<v>" for a, b in receivers], None)
+        valued = pick(e2v, chosen)
+        keyed += valued
+        chosen |= set(valued)
+    ind_dup = list(keyed)
     if sinh:
         e3 = step("s-inhibition values", [f"a{a}.h{b}<v>" for a, b in sinh], "S2")
-        ind_dup = pick(e3, chosen)
-        chosen |= set(ind_dup)
+        found = pick(e3, chosen)
+        ind_dup += found
+        chosen |= set(found)
     att = attention_at(m, ps, ind_dup, "S2", ["S1", "S1+1"]) if ind_dup else {}
-    induction = [h for h in ind_dup if att[f"a{h[0]}.h{h[1]}"]["S1+1"] >= att[f"a{h[0]}.h{h[1]}"]["S1"]]
-    duplicate = [h for h in ind_dup if h not in induction]
+
+    def attends(h: tuple[int, int], pos: str) -> float:
+        return att[f"a{h[0]}.h{h[1]}"][pos]
+
+    induction = [h for h in ind_dup if attends(h, "S1+1") >= max(attends(h, "S1"), 0.2)]
+    duplicate = [h for h in ind_dup if h not in induction and attends(h, "S1") >= 0.2]
+    upstream = [h for h in ind_dup if h not in induction and h not in duplicate]
     prev = []
     if induction:
         e4 = step("induction keys", [f"a{a}.h{b}<k>" for a, b in induction], "S1+1")
         prev = pick(e4, chosen)
     for cls, heads, pos in (("name mover", movers, "END"), ("negative name mover", negative, "END"),
-                            ("other direct", other, "END"),
+                            ("s-suppression", other, "END"),
                             ("s-inhibition", sinh, "END"), ("induction", induction, "S2"),
-                            ("duplicate token", duplicate, "S2"), ("previous token", prev, "S1+1")):
+                            ("duplicate token", duplicate, "S2"), ("other upstream", upstream, "S2"),
+                            ("previous token", prev, "S1+1")):
         for layer, h in heads:
             classes[f"a{layer}.h{h}@{pos}"] = cls
     figs += heatmaps({k: torch.tensor(v["effect_percent"]) for k, v in steps.items()},
@@ -162,11 +177,15 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
     comp = completeness(m, ps, circuit, classes=by_class, n_random=10, seed=seed, ablation=ablation) if circuit else []
     mini = minimality(m, ps, circuit, n_random=5, seed=seed, ablation=ablation) if circuit else {}
     copy = copy_scores(m, ps, ["IO", "S1"])
-    edges = [(n, "logits") for n, c in classes.items() if "name mover" in c or c == "other direct"]
+    def layer_of(node: str) -> int:
+        return int(node[1:].split(".")[0])
+
+    direct_cls = ("name mover", "negative name mover", "s-suppression")
+    edges = [(n, "logits") for n, c in classes.items() if c in direct_cls]
     edges += [(s, t) for s, cs in classes.items() if cs == "s-inhibition" for t, ct in classes.items()
-              if ct in ("name mover", "other direct") and int(t[1:].split(".")[0]) > int(s[1:].split(".")[0])]
-    edges += [(s, t) for s, cs in classes.items() if cs in ("induction", "duplicate token")
-              for t, ct in classes.items() if ct == "s-inhibition"]
+              if ct in direct_cls and layer_of(t) > layer_of(s)]
+    edges += [(s, t) for s, cs in classes.items() if cs in ("induction", "duplicate token", "other upstream")
+              for t, ct in classes.items() if ct in ("s-inhibition",) + direct_cls and layer_of(t) > layer_of(s)]
     edges += [(s, t) for s, cs in classes.items() if cs == "previous token" for t, ct in classes.items()
               if ct == "induction"]
     figs += circuit_figure(classes, edges, nl, os.path.join(folder, "circuit"), classes_order=CLASSES,
