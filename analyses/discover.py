@@ -5,7 +5,8 @@
 3. MIB evaluation of each method: faithfulness at 0.1 .. 100% of the edges,
    CPR and CMD (ablation by the corrupted input);
 4. the EAP-IG circuit: the smallest MIB fraction whose faithfulness reaches 0.8
-   (else the most faithful one), with its edge Jaccard over bootstrap resamples;
+   (else the most faithful one); it and the ACDC circuit come with their edge
+   Jaccard over bootstrap resamples of the prompts;
 5. the agreement report: EAP-IG against exact patching, node and edge level.
 
 Writes results/discover/<task>/<model>/: discover.json, eap_ig_circuit.json,
@@ -131,6 +132,11 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
     figs += _circuit_figure(graph, circuit_mask, ig.scores, os.path.join(folder, "circuit"),
                             f"EAP-IG circuit ({len(circuit.edges)} edges, f = {circuit.settings['faithfulness']:.2f})")
     t = time.time()
+    acdc_stability = bootstrap_stability(ps, lambda p: acdc(m, p, tau, candidates=cand, progress=False).mask(graph),
+                                         n_boot=min(n_boot, 2), seed=seed)
+    ac.settings["stability"] = acdc_stability
+    timings["acdc stability"] = round(time.time() - t, 2)
+    t = time.time()
     agreement = agreement_report(m, ps, method="eap-ig-inputs", steps=steps, metric=metric, strict=False)
     timings["agreement"] = round(time.time() - t, 2)
 
@@ -158,7 +164,8 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
     print(f"\nEAP-IG circuit: {len(circuit.edges)} edges at {100 * circuit.settings['fraction']:.1f}% "
           f"(f = {circuit.settings['faithfulness']:.3f}); bootstrap edge Jaccard {stability['mean']:.2f} "
           f"(min {stability['min']:.2f}, {n_boot} resamples)")
-    print(f"ACDC (tau {tau}, KL): {len(ac.edges)} edges")
+    print(f"ACDC (tau {tau}, KL): {len(ac.edges)} edges; bootstrap edge Jaccard {acdc_stability['mean']:.2f} "
+          f"({acdc_stability['n_boot']} resamples)")
     a = agreement
     print(f"agreement with exact patching: nodes pearson {a['node']['pearson']:.3f} spearman "
           f"{a['node']['spearman']:.3f}; edges pearson {a['edge']['pearson']:.3f} spearman "
