@@ -60,13 +60,13 @@ def _hooks_for(chunk: Sequence[Sequence[Edit]], b: int) -> list[runner.Hook]:
 def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
                  variants: Sequence[Sequence[Edit]], memory_budget: int | None = None,
                  progress: bool | str = False, extra_hooks: Sequence[runner.Hook] = (),
-                 schedules: Sequence[Any] | None = None, ps: Any = None, bos: bool = True
-                 ) -> Float[Tensor, "variant batch vocab"]:
+                 schedules: Sequence[Any] | None = None, ps: Any = None, bos: bool = True,
+                 replay: runner.BlockReplay | None = None) -> Float[Tensor, "variant batch vocab"]:
     """END logits of every variant: [n_variants, batch, vocab].
 
     ``extra_hooks`` apply to every row. ``schedules`` (one attention-peeking
     schedule per variant, see circuits.engines.peeking; needs ``ps``) restrict
-    attention variant by variant.
+    attention variant by variant. ``replay``: a BlockReplay of ``tokens`` the caller already has.
     """
     if schedules is not None and len(schedules) != len(variants):
         raise ValueError("schedules must give one peeking schedule per variant")
@@ -74,7 +74,8 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
     per = max(1, runner.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
     starts = [_start_layer(v, None if schedules is None else schedules[i]) for i, v in enumerate(variants)]
     order = sorted(range(len(variants)), key=lambda i: -starts[i])  # chunks of similar start layers
-    replay = runner.BlockReplay(model, tokens, end) if any(st > 0 for st in starts) else None
+    if replay is None and any(st > 0 for st in starts):
+        replay = runner.BlockReplay(model, tokens, end)
     out: list[Tensor | None] = [None] * len(variants)
     groups: list[list[int]] = []  # chunks never mix start layers: a chunk restarts at its own layer
     for i in order:

@@ -65,7 +65,8 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
         base, source = base_and_source(ps, direction)
         end = ps.positions["END"]
         names = [hook_name(s, layer) for layer in layers]
-        base_logits, _ = runner.run_with_store(model, base, end, [])
+        replay = runner.BlockReplay(model, base, end)  # the base run, recorded for restarts
+        base_logits = replay.base_logits
         src_logits, src_store = runner.run_with_store(model, source, end, names)
         clean_logits, corrupted_logits = ((src_logits, base_logits) if direction == "denoise"
                                           else (base_logits, src_logits))
@@ -77,7 +78,8 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
                 for head in head_ids:
                     cells.append((layer, p_i, head))
                     variants.append([Edit(s, layer, value, head, pos)])
-        logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}")
+        logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}",
+                              replay=replay)
         per = torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits])  # [cells, b]
 
         axes = ["layer"] + (["pos"] if positions is not None else []) + (["head"] if s.head_dim is not None else [])
