@@ -126,16 +126,16 @@ def reader_gradient(model, ps, reader):
 
 
 def writer_delta(model, ps, writer):
-    """a_writer(corrupted) - a_writer(clean) in the residual stream, [b, p, d]."""
+    """a_writer(clean) - a_writer(corrupted) in the residual stream, [b, p, d]."""
     _, clean = model.run_with_cache(ps.clean)
     _, corr = model.run_with_cache(ps.corrupted)
     if writer == "input":
         name = "blocks.0.hook_resid_pre"
-        return corr[name] - clean[name]
+        return clean[name] - corr[name]
     if writer.startswith("m"):
         name = f"blocks.{int(writer[1:])}.hook_mlp_out"
-        return corr[name] - clean[name]
+        return clean[name] - corr[name]
     layer, h = int(writer[1:].split(".")[0]), int(writer.split(".")[1][1:])
     name = f"blocks.{layer}.attn.hook_z"
     w_o = model.blocks[layer].attn.W_O[h]
-    return (corr[name][:, :, h] - clean[name][:, :, h]) @ w_o
+    return (clean[name][:, :, h] - corr[name][:, :, h]) @ w_o

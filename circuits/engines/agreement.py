@@ -2,7 +2,7 @@
 
 Node level: attribution patching of each head (``attribute_nodes``) against the
 exact effect of patching that head's output to its corrupted value (noising
-activation patching), both as M(patched) - M(clean). Edge level: EAP / EAP-IG
+activation patching), both as M(clean) - M(patched). Edge level: EAP / EAP-IG
 edge scores against the exact effect of ablating that single edge (corrupted
 value on that edge only). Reports Pearson and Spearman correlations and checks
 the sign of the top components by exact effect; a disagreement there raises
@@ -57,7 +57,7 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
     """
     node_attr = attribute_nodes(model, ps, metric=metric)["heads"].values
     exact_nodes = activation_patching(model, ps, "z", direction="noise", metric=metric, progress=False)
-    exact_node_effect = exact_nodes.values - exact_nodes.baseline["clean"]
+    exact_node_effect = exact_nodes.baseline["clean"] - exact_nodes.values
     n_layers, n_heads = exact_node_effect.shape
     node_names = [f"a{layer}.h{h}" for layer in range(n_layers) for h in range(n_heads)]
 
@@ -78,7 +78,7 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
         m[int(idx[i, 0]), int(idx[i, 1])] = False
         circuits.append(m)
     vals = evaluate_edge_circuits(model, ps, [g.mask, *circuits], metric=metric).mean(1)
-    exact_edge = vals[1:] - vals[0]
+    exact_edge = vals[0] - vals[1:]
     approx_edge = flat[chosen]
     edge_names = [f"{g.writers[int(idx[i, 0])]}->{g.readers[int(idx[i, 1])]}" for i in chosen.tolist()]
 

@@ -2,12 +2,12 @@
 
 For an edge u -> v (see circuits.engines.edges) EAP scores
 
-    score(u, v) = mean over prompts, sum over positions of (a_u(corrupted) - a_u(clean)) . dM/dx_v
+    score(u, v) = mean over prompts, sum over positions of (a_u(clean) - a_u(corrupted)) . dM/dx_v
 
 where a_u is the writer's output in the residual stream and x_v the reader's own
 input (before its norm), the gradient taken on the clean run: the first-order
-estimate of M(edge patched to corrupted) - M(clean), as in Syed et al. and the
-EAP-IG library. EAP-IG averages the gradient over ``steps`` points on a straight
+estimate of M(clean) - M(edge patched to corrupted), i.e. how much the metric
+needs the edge (the EAP-IG library reports the negative of this). EAP-IG averages the gradient over ``steps`` points on a straight
 path from corrupted to clean, alpha = k / steps for k = 1..steps (so one step is
 EAP): ``"inputs"`` interpolates the input embeddings and lets the model compute
 the rest; ``"activations"`` interpolates one group of writers at a time (the input,
@@ -198,7 +198,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
         _, clean = runner.run_with_store(model, ps.clean, end, names)
         _, corr = runner.run_with_store(model, ps.corrupted, end, names)
     with torch.no_grad():
-        delta = _writer_acts(model, corr) - _writer_acts(model, clean)  # [b, p, W, d]
+        delta = _writer_acts(model, clean) - _writer_acts(model, corr)  # [b, p, W, d]
     n_points = 1 if method == "eap" else steps
     b = len(ps)
     # writer groups integrated separately by the activations variant: input, each attention layer, each MLP
@@ -256,13 +256,13 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     pos = (pos / len(ps) * mask).detach()
     return EdgeScores(graph, pos.sum(0).cpu(), pos.cpu() if per_position else None,
                       {"engine": "edge_attribution", "method": method, "steps": n_points,
-                       "metric": metric_name, "direction": "corrupted - clean, gradient on the clean path",
+                       "metric": metric_name, "direction": "clean - corrupted, gradient on the clean path",
                        "model": model_name(model), "n_prompts": len(ps), "n_edges": graph.n_edges,
                        "norm_pullback_error": worst, "provenance": ps.provenance})
 
 
 def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_diff") -> dict[str, Scores]:
-    """Attribution patching of nodes: (corrupted - clean) . dM/d(output), for heads [layer, head] and MLPs [layer]."""
+    """Attribution patching of nodes: (clean - corrupted) . dM/d(output), for heads [layer, head] and MLPs [layer]."""
     fn, metric_name = resolve_metric(metric)
     ps.validate()
     ps = ps.to(model.cfg.device)
@@ -282,13 +282,13 @@ def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_
     finally:
         for p in params:
             p.requires_grad_(True)
-    heads = torch.stack([torch.einsum("bphe,bphe->h", corr[f"blocks.{layer}.attn.hook_z"]
-                                      - clean[f"blocks.{layer}.attn.hook_z"], g["z"][layer])
+    heads = torch.stack([torch.einsum("bphe,bphe->h", clean[f"blocks.{layer}.attn.hook_z"]
+                                      - corr[f"blocks.{layer}.attn.hook_z"], g["z"][layer])
                          for layer in range(n_layers)]) / len(ps)
-    mlps = torch.stack([((corr[f"blocks.{layer}.hook_mlp_out"] - clean[f"blocks.{layer}.hook_mlp_out"])
+    mlps = torch.stack([((clean[f"blocks.{layer}.hook_mlp_out"] - corr[f"blocks.{layer}.hook_mlp_out"])
                          * g["mlp_out"][layer]).sum() for layer in range(n_layers)]) / len(ps)
     settings = {"engine": "node_attribution", "metric": metric_name, "model": model_name(model),
-                "n_prompts": len(ps), "direction": "corrupted - clean"}
+                "n_prompts": len(ps), "direction": "clean - corrupted"}
     labels = {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(n_heads)]}
     return {"heads": Scores(heads.detach().cpu(), ("layer", "head"), None, labels, {}, settings),
             "mlps": Scores(mlps.detach().cpu(), ("layer",), None, {"layer": labels["layer"]}, {}, settings)}
