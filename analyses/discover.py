@@ -16,13 +16,12 @@ curves.pdf/png, circuit.pdf/png; prints a summary table.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import Any
 
 import torch
 
-from analyses.ioi import safe_name
+from analyses.common import safe_name, versions
 
 
 def _circuit_figure(graph: Any, mask: torch.Tensor, scores: torch.Tensor, stem: str, title: str) -> list[str]:
@@ -59,7 +58,6 @@ def _circuit_figure(graph: Any, mask: torch.Tensor, scores: torch.Tensor, stem: 
 
 def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int = 0, device: str | None = None,
          out: str = "results", steps: int = 5, tau: float = 0.02, n_boot: int = 3) -> int:
-    import circuits
     from circuits.engines.agreement import agreement_report
     from circuits.engines.attribution import EdgeScores, attribute_edges
     from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
@@ -146,12 +144,11 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
         "settings": {"n": n, "seed": seed, "split": split, "task_options": options, "metric": metric,
                      "steps": steps, "acdc_tau": tau, "acdc_candidates": n_cand, "ablation": "corrupted"},
         "prompts": ps.describe(),
-        "mib": {k: {kk: v for kk, v in c.items()} for k, c in curves.items()},
+        "mib": curves,
         "acdc": ac.to_dict(), "eap_ig_circuit": circuit.to_dict(), "agreement": agreement,
         "top_edges": {k: s.ranked()[:20] for k, s in scores.items() if k != "ACDC"},
         "timings_s": timings, "figures": [os.path.relpath(f, folder) for f in figs],
-        "versions": {"circuits": circuits.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
         "seconds": round(time.time() - t0, 2),
     }
     path = os.path.join(folder, "discover.json")

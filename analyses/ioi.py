@@ -21,19 +21,16 @@ patching.pdf/png, path_patching.pdf/png, circuit.pdf/png. Prints a summary table
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import Any
 
 import torch
 
+from analyses.common import safe_name, versions
+
 POSITIONS = ["IO", "S1", "S1+1", "S2", "END"]
 CLASSES = ["name mover", "negative name mover", "s-suppression", "s-inhibition", "induction", "duplicate token",
            "other upstream", "previous token"]
-
-
-def safe_name(spec: str) -> str:
-    return spec.replace(":", "_").replace("/", "_").replace("@", "_")
 
 
 def pick(effect: torch.Tensor, exclude: set[tuple[int, int]], sign: int = -1, rel: float = 0.25,
@@ -67,13 +64,13 @@ def attention_at(model: Any, ps: Any, heads: list[tuple[int, int]], query: str, 
 @torch.no_grad()
 def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | None = None,
          out: str = "results") -> int:
-    import circuits
     from circuits import metrics
     from circuits.engines.ablation import Ablation
     from circuits.engines.detectors import copy_scores
     from circuits.engines.faithfulness import completeness, faithfulness, minimality
     from circuits.engines.patching import activation_patching
     from circuits.engines.path_patching import path_patching, wang_effect
+    from circuits.engines.runner import end_logits
     from circuits.figures import circuit_figure, heatmaps
     from circuits.io import atomic_write_json
     from circuits.models import load_model, model_info
@@ -87,7 +84,8 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
     flip = build_task("ioi", m.tokenizer, n=n, seed=seed, split=split, corruption="s2_io").to(m.cfg.device)
     baseline = {}
     for name, p in (("abc", ps), ("s2_io", flip)):
-        clean, corr = m(p.clean), m(p.corrupted)
+        clean = end_logits(m, p.clean, p.positions["END"])  # only the row the metrics read
+        corr = end_logits(m, p.corrupted, p.positions["END"])
         baseline[name] = {"logit_diff_clean": float(metrics.logit_diff(clean, p)),
                           "logit_diff_corrupted": float(metrics.logit_diff(corr, p)),
                           "accuracy_clean": float(metrics.accuracy(clean, p)), "prompts": p.describe()}
@@ -208,8 +206,7 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
         "completeness": comp, "minimality": mini,
         "copy_scores": copy.values.tolist(),
         "figures": [os.path.relpath(f, folder) for f in figs],
-        "versions": {"circuits": circuits.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
         "seconds": round(time.time() - t0, 2),
     }
     path = os.path.join(folder, "ioi.json")
