@@ -79,10 +79,74 @@ def unembed(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ".
     return out.reshape(*lead, -1)
 
 
+# hook names that read the last block's MLP or what follows it at every position
+_LAST_MLP_SITES = ("mlp", "hook_mlp", "hook_resid_post", "ln2")
+_END_MLP_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> END-only MLP verified
+
+
+@contextmanager
+def end_only_last_mlp(model: Any, end: Int[Tensor, " rows"], fwd_hooks: Sequence[Hook] = ()) -> Iterator[None]:
+    """Within this context the last block's MLP runs at each row's END position only.
+
+    The last MLP's output at other positions reaches nothing the metric reads
+    (no block follows it), so it is left at zero: on a small model most of the
+    last block's work saved. Not applied when a hook reads the last block's MLP,
+    its output or the residual after it (those would see the zeros), and only
+    on models where it was checked once to give the same END logits.
+    """
+    last = len(model.blocks) - 1
+    mlp = getattr(model.blocks[last], "mlp", None)
+    prefixes = tuple(f"blocks.{last}.{site}" for site in _LAST_MLP_SITES)
+    if mlp is None or _END_MLP_OK.get(model) is False or any(name.startswith(prefixes) for name, _ in fwd_hooks):
+        yield
+        return
+    rows_cols: list[tuple[Tensor, Tensor, int]] = []
+
+    def keep_end(module: Any, args: tuple) -> tuple | None:  # [R, P, d] -> [R, 1, d]
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[0] != end.shape[0]:
+            return None
+        rows, cols = torch.arange(x.shape[0], device=x.device), end.to(x.device)
+        rows_cols.append((rows, cols, x.shape[1]))
+        return (x[rows, cols][:, None], *args[1:])
+
+    def scatter(module: Any, args: tuple, out: Any) -> Any:  # [R, 1, d] -> [R, P, d], zeros off END
+        if not rows_cols or not isinstance(out, Tensor):
+            return None
+        rows, cols, length = rows_cols.pop()
+        full = out.new_zeros((out.shape[0], length, out.shape[-1]))
+        full[rows, cols] = out[:, 0]
+        return full
+
+    handles = [mlp.register_forward_pre_hook(keep_end), mlp.register_forward_hook(scatter)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _end_mlp_verified(model: Any, tokens: Tensor, end: Tensor) -> None:
+    """Once per model: does the END-only last MLP give the END logits of a full forward?"""
+    if model in _END_MLP_OK:
+        return
+    _END_MLP_OK[model] = True
+    try:
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        with end_only_last_mlp(model, end):
+            fast = final_residual(model, tokens)[rows, end.to(tokens.device)]
+        full = final_residual(model, tokens)[rows, end.to(tokens.device)]
+        _END_MLP_OK[model] = bool(torch.allclose(fast, full, atol=1e-5, rtol=1e-4))
+    except Exception:  # an MLP that cannot run on END rows alone
+        _END_MLP_OK[model] = False
+
+
 def end_logits(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
                fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch vocab"]:
     """Logits at one position per row (``end[i]``), unembedding nothing else."""
-    resid = final_residual(model, tokens, fwd_hooks)
+    _end_mlp_verified(model, tokens, end)
+    with end_only_last_mlp(model, end, fwd_hooks):
+        resid = final_residual(model, tokens, fwd_hooks)
     rows = torch.arange(tokens.shape[0], device=resid.device)
     return unembed(model, resid[rows, end.to(resid.device)])
 
@@ -186,7 +250,8 @@ class BlockReplay:
         args0, _ = self.calls[layer]
         h = args0[0] if args0 else self.calls[layer][1]["hidden_states"]
         h = tile(h, n)
-        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+        _end_mlp_verified(self.model, self.tokens, self.end)
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)), end_only_last_mlp(self.model, tile(self.end, n), fwd_hooks):
             for i in range(layer, len(self.model.blocks)):
                 args, kwargs = self.calls[i]
                 kw = {k: _tile_any(v, b, n) for k, v in kwargs.items() if k != "hidden_states"}

@@ -1,0 +1,47 @@
+"""The shared forward pass: END logits equal a plain full forward on every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.engines import runner
+from tests.conftest import ARCHS
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_end_logits_match_full_forward(arch, loaded_models):
+    """The END-only last MLP (and restricted unembedding) leaves END logits exact, with padding."""
+    from circuits.tasks import build_task
+
+    model = loaded_models(arch)
+    ps = build_task("colored_objects", model.tokenizer, n=6, seed=0, n_objects=[2, 3, 4])
+    assert len(set(ps.lengths.tolist())) > 1  # END differs between rows
+    end = ps.positions["END"]
+    with torch.no_grad():
+        full = model(ps.clean, return_type="logits")[torch.arange(len(ps)), end]
+        ours = runner.end_logits(model, ps.clean, end)
+    assert runner._END_MLP_OK.get(model) is True, "END-only last MLP was not verified on this architecture"
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    # replayed from a middle layer, tiled twice: the same numbers
+    replay = runner.BlockReplay(model, ps.clean, end)
+    assert replay.ok
+    torch.testing.assert_close(replay.end_logits_from(1, 2), full.repeat(2, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_end_only_mlp_stands_aside_for_hooks_on_the_last_mlp(loaded_models):
+    """A hook that reads the last MLP's output sees every position, not zeros."""
+    from circuits.tasks import build_task
+
+    model = loaded_models("gpt2")
+    ps = build_task("ioi", model.tokenizer, n=4, seed=0)
+    last = model.cfg.n_layers - 1
+    seen = {}
+
+    def grab(x, hook):
+        seen["mlp_out"] = x.detach().clone()
+
+    _, cache = model.run_with_cache(ps.clean)
+    runner.end_logits(model, ps.clean, ps.positions["END"], [(f"blocks.{last}.hook_mlp_out", grab)])
+    torch.testing.assert_close(seen["mlp_out"], cache[f"blocks.{last}.hook_mlp_out"])
+    assert seen["mlp_out"][:, 0].abs().sum() > 0
