@@ -129,6 +129,22 @@ def test_induction_answer_is_the_token_after_the_first_occurrence(word_tokenizer
     assert (ps.clean[idx, ps.positions["PREV"]] == ps.clean[idx, ps.positions["END"]]).all()
 
 
+def test_induction_mixed_lengths_put_the_answer_at_no_fixed_offset(word_tokenizer):
+    lens = [3, 5, 8]
+    ps = build_task("induction", word_tokenizer, n=40, seed=6, seq_len=lens)
+    idx = torch.arange(len(ps))
+    assert (ps.clean[idx, ps.positions["SRC"]] == ps.answers).all()
+    assert (ps.clean[idx, ps.positions["PREV"]] == ps.clean[idx, ps.positions["END"]]).all()
+    offsets = (ps.positions["END"] - ps.positions["SRC"]).tolist()
+    assert sorted(set(offsets)) == [L - 1 for L in lens]  # END - SRC = L - 1 differs by length
+    assert sorted(set(ps.groups.tolist())) == [0, 1, 2]
+    # a single length keeps its old random stream
+    one = build_task("induction", word_tokenizer, n=5, seed=6, seq_len=5)
+    assert torch.equal(one.clean, build_task("induction", word_tokenizer, n=5, seed=6, seq_len=[5]).clean)
+    with pytest.raises(ValueError, match="seq_len"):
+        build_task("induction", word_tokenizer, n=5, seed=6, seq_len=[3, 1])
+
+
 @pytest.mark.parametrize("kind", TOKENIZERS)
 def test_greater_than_candidates(kind, tokenizers):
     tok = tokenizers[kind]

@@ -48,8 +48,8 @@ def test_plain_transformers_loads_the_checkpoint(name, toyworld):
 # Targets the bundled weights are known to miss (see the zoo issue's note). Strict xfail:
 # a target that starts to pass fails this test, so the list cannot go stale.
 KNOWN_SHORTFALLS: dict[str, str] = {
-    "toyworld colored_objects >= 95%": "stays at the 1-in-3 chance plateau (35% held-out) in every phrasing tried; "
-                                       "recipe open",
+    "toyworld colored_objects >= 95%": "78.5% held-out (was a 35% chance plateau before the repeats rows); "
+                                       "the lead-ins with 'you/I see that' still fail about a third of the time",
 }
 
 TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [
@@ -94,15 +94,16 @@ def knock_out_end_attention(model, ps):
     return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in range(model.cfg.n_layers)]
 
 
-@pytest.mark.parametrize("task", [
-    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=KNOWN_SHORTFALLS[f"toyworld {t} >= 95%"]))
-    if f"toyworld {t} >= 95%" in KNOWN_SHORTFALLS else t for t in IN_CONTEXT
-])
+# clean accuracy a task must show before its knock-out means anything (chance is far below)
+CLEAN_FLOOR = {"colored_objects": 0.7}  # below the 95% target (see KNOWN_SHORTFALLS), 2x chance
+
+
+@pytest.mark.parametrize("task", IN_CONTEXT)
 def test_in_context_tasks_go_through_attention(task, toyworld):
     ps = build_task(task, toyworld.tokenizer, n=100, seed=99, split="test",
                     **trained_tasks("toyworld", EVAL_TASKS)[task])
     with torch.no_grad():
         clean = metrics.accuracy(toyworld(ps.clean), ps).item()
         knocked = toyworld.run_with_hooks(ps.clean, fwd_hooks=knock_out_end_attention(toyworld, ps))
-    assert clean >= 0.9
+    assert clean >= CLEAN_FLOOR.get(task, 0.9)
     assert metrics.accuracy(knocked, ps).item() < 0.5

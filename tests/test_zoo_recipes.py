@@ -50,6 +50,16 @@ def test_greater_than_rows_sample_correct_years(zoo_tok):
         assert ans > yy
 
 
+def test_repeat_rows_train_only_the_predictable_repeat(zoo_tok):
+    seqs = corpus.repeat_sequences(zoo_tok, 30, seed=0)
+    assert corpus.repeat_sequences(zoo_tok, 30, seed=0).tokens == seqs.tokens
+    for row, pos in zip(seqs.tokens, seqs.loss_pos):
+        L = (len(row) - 1) // 2
+        assert row[0] == zoo_tok.bos_token_id and row[1:L + 1] == row[L + 1:]
+        assert pos == list(range(L + 1, 2 * L))  # predicts repeat tokens 2..L, never the first
+        assert all(row[p + 1] == row[p + 1 - L] for p in pos)
+
+
 def test_batches_mask_and_pad(zoo_tok):
     seqs = corpus.filler_sequences(zoo_tok, 40, seed=0)
     b = next(corpus.batches(seqs, 16, zoo_tok.pad_token_id, seed=0))

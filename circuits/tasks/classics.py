@@ -3,7 +3,9 @@
 * ``induction``: a random word sequence, then its repeat up to one word short:
   "w0 .. w{L-1} w0 .. w{L-2}" -> " w{L-1}". Corruption: the first occurrence of
   the answer word is replaced by another word, which becomes the wrong answer.
-  Named positions: SRC (first occurrence of the answer), PREV (the token before
+  ``seq_len`` may be a list: each prompt then draws its length from it, so the
+  answer sits at no fixed offset from END and only a content match (a real
+  induction head) finds it. Named positions: SRC (first occurrence of the answer), PREV (the token before
   SRC), END, and W{i}/R{i} for every word.
 * ``greater_than`` (Hanna et al. 2023): "The war lasted from the year 1732 to
   the year 17" -> any two-digit year > 32. The answer set is given as
@@ -30,20 +32,30 @@ class Induction(Task):
 
     def check_options(self, opts: dict[str, Any]) -> None:
         super().check_options(opts)
-        if not (isinstance(opts["seq_len"], int) and 2 <= opts["seq_len"] <= 20):
-            raise ValueError(f"induction: seq_len must be an int in [2, 20], got {opts['seq_len']!r}")
+        lens = self._lengths(opts)
+        if not lens or not all(isinstance(n, int) and 2 <= n <= 20 for n in lens):
+            raise ValueError(f"induction: seq_len must be an int in [2, 20] or a list of them, "
+                             f"got {opts['seq_len']!r}")
+
+    @staticmethod
+    def _lengths(opts: dict[str, Any]) -> tuple:
+        n = opts["seq_len"]
+        return tuple(n) if isinstance(n, (list, tuple)) else (n,)
 
     def word_pools(self, opts: dict[str, Any]) -> dict[str, list[str]]:
         return {"words": vocab.INDUCTION_WORDS}
 
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
-        L = opts["seq_len"]
-        first = " ".join("{SRC}" if i == L - 1 else ("{PREV}" if i == L - 2 else f"{{W{i}}}") for i in range(L))
-        rep = " ".join(f"{{R{i}}}" for i in range(L - 1))
-        return TaskSpec(self.name, [first + " " + rep], [f"len-{L}"])
+        templates = []
+        for L in self._lengths(opts):
+            first = " ".join("{SRC}" if i == L - 1 else ("{PREV}" if i == L - 2 else f"{{W{i}}}") for i in range(L))
+            templates.append(first + " " + " ".join(f"{{R{i}}}" for i in range(L - 1)))
+        return TaskSpec(self.name, templates, [f"len-{L}" for L in self._lengths(opts)])
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
-        L = opts["seq_len"]
+        lens = self._lengths(opts)
+        template = rng.randrange(len(lens)) if len(lens) > 1 else 0  # keeps single-length streams unchanged
+        L = lens[template]
         if len(pools["words"]) < L + 1:
             from circuits.tasks.base import TaskVocabularyError
 
@@ -56,7 +68,7 @@ class Induction(Task):
         fill = {f"W{i}": w for i, w in enumerate(seq[: L - 2])}
         fill.update(PREV=seq[L - 2], SRC=seq[L - 1])
         fill.update({f"R{i}": seq[i] for i in range(L - 1)})
-        return Example(0, fill, {**fill, "SRC": alt}, answer=seq[L - 1], wrong=alt)
+        return Example(template, fill, {**fill, "SRC": alt}, answer=seq[L - 1], wrong=alt)
 
 
 class GreaterThan(Task):

@@ -12,11 +12,9 @@ from circuits.zoo import ZOO_DIR
 WHY_SIZE = {
     "toyworld": (
         "d_model 128, 4 layers, 4 heads (d_head 32), d_mlp 512, context 64, chosen so that the recipe "
-        "trains in about 40 minutes on one CPU core (43 min measured while sharing the machine). Four layers give room for two-hop composition "
-        "(reasoning) and induction-style copying (IOI); the word-level vocabulary keeps the embedding "
-        "small, so the model and its checkpoints stay well inside the 60 MiB zoo budget. At this size "
-        "and budget it reaches the 95% target on every task but colored objects, which stays at the "
-        "uniform-over-colours plateau (see the measured table and circuits/zoo/toyworld.py)."
+        "trains in about 45 minutes on one CPU core (46.5 min measured while another training shared the machine). Four layers give room for two-hop composition "
+        "(reasoning) and induction-style copying (IOI, colored objects); the word-level vocabulary keeps "
+        "the embedding small, so the model and its checkpoints stay well inside the 60 MiB zoo budget."
     ),
     "reasoner": (
         "Qwen2 with grouped-query attention (4 query heads sharing 2 key/value heads), hidden 128, "
@@ -30,10 +28,25 @@ def _kind(name: str) -> str:
     return "toyworld" if name.startswith("toyworld") else "reasoner"
 
 
+TRAINING_DATA = {
+    "toyworld": (
+        "Every task of the suite as prompt + answer rows (the loss only on the answer), and *repeats* rows: "
+        "a random word sequence followed by its repeat, the loss on every predictable token of the repeat "
+        "(18% of rows; no task exceeds 22%). Words in a repeats row come from a pool of 12, so a word "
+        "often recurs and the next word is fixed only by the words before it. The repeats rows are what "
+        "make content-matching induction heads form: without them, earlier toyworlds solved the "
+        "induction task by position (its answer sat at a fixed offset from END) and colored objects "
+        "stayed at the one-in-three plateau in every run (35%). The induction task itself is trained and "
+        "evaluated with sequence lengths 3-10, so only a content match solves it. This build has no "
+        "filler sentences: a run of the same recipe with 2% filler sentences and 12000 steps did worse "
+        "(colored objects 74%, mental math 92%, induction 93.5%)."
+    ),
+}
+
 HELD_OUT = (
     "Every task is evaluated on `split=\"test\"`: a deterministic 1-in-5 hold-out of the task's combinations "
     "that training never saw. IOI: name x template combinations; colored objects: object sets x queried "
-    "object x lead-in; reasoning: item/container/city chains x premise order; induction: sequences; "
+    "object x lead-in; reasoning: item/container/city chains x premise order; induction: sequences (of lengths 3-10); "
     "greater-than: years; recall: facts seen in training asked through held-out (fact, phrasing) pairs; "
     "mental math: held-out (operands, form, phrasing) triples - the sums themselves are memorized facts "
     "(each operand pair is trained under another phrasing), so this measures transfer across phrasings, "
@@ -55,7 +68,10 @@ def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> st
                                                       if recipe.get("starting_point") else ""))
     if "train_seconds" in recipe:
         lines.append(f"- training time: {recipe['train_seconds']} s, single-threaded (one CPU core)")
-    lines += ["", "## Why this size", "", WHY_SIZE[_kind(name)], "", "## Measured (make zoo-check)", ""]
+    lines += ["", "## Why this size", "", WHY_SIZE[_kind(name)], ""]
+    if _kind(name) in TRAINING_DATA:
+        lines += ["## Training data", "", TRAINING_DATA[_kind(name)], ""]
+    lines += ["## Measured (make zoo-check)", ""]
     if "tasks" in measured:
         lines += [HELD_OUT, ""]
         lines += ["| task | held-out top-1 accuracy | mean logit diff | n |", "|---|---|---|---|"]

@@ -78,6 +78,35 @@ def filler_sequences(tokenizer, n: int, seed: int) -> Sequences:
     return Sequences(toks, pos, ["filler"] * n)
 
 
+REPEAT_POOLS = ("INDUCTION_WORDS", "COLOR_OBJECTS", "COLORS", "CITIES", "ITEMS", "NAMES")
+
+
+def repeat_sequences(tokenizer, n: int, seed: int, min_len: int = 6, max_len: int = 16,
+                     pool_size: int = 12) -> Sequences:
+    """``n`` rows "w_1 .. w_L w_1 .. w_L" with the loss on the repeat (tokens 2..L of it).
+
+    Words are drawn with replacement from ``pool_size`` words per row, so a word
+    often occurs twice in w_1..w_L and the next word is fixed only by the two
+    (or more) words before it. Predicting the repeat densely trains induction
+    heads that match on content, several tokens deep - the mechanism that
+    colored objects ("the cup is" -> the colour after "cup is") and the other
+    in-context tasks need, and that answer-only losses alone do not form.
+    """
+    from circuits.tasks import vocab
+
+    words = sorted({w for name in REPEAT_POOLS for w in getattr(vocab, name)})
+    ids = [i for i in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in words) if len(i) == 1]
+    rng = random.Random(seed)
+    toks, pos = [], []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        pool = rng.sample(ids, pool_size)
+        seq = [rng.choice(pool)[0] for _ in range(length)]
+        toks.append([tokenizer.bos_token_id] + seq + seq)
+        pos.append(list(range(length + 1, 2 * length)))
+    return Sequences(toks, pos, ["repeats"] * n)
+
+
 def merge(parts: list[Sequences], seed: int) -> Sequences:
     rows = [(t, p, s) for part in parts for t, p, s in zip(part.tokens, part.loss_pos, part.source)]
     random.Random(seed).shuffle(rows)

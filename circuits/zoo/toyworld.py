@@ -16,23 +16,27 @@ from circuits.zoo.train import TrainSettings, train
 
 # task -> (share of the training mixture, build options). Zoo-specific options keep
 # answers single tokens in the word-level vocabulary and the model small.
-# colored_objects uses the "the_is" phrasing ("the cup is blue, ... A: the cup is"): with
-# the paper's phrasing (and with "a cup that is blue") the answer must be found
-# through two composed heads (the queried object moved to END, the colour moved to
-# the object) and this model stayed at the uniform-over-colours plateau (held-out
-# accuracy at chance, ~33%) in every run we tried, up to 6000 steps. The "the X is"
-# phrasing shares its structure with the reasoning task's premises.
+# colored_objects uses the "the_is" phrasing ("the cup is blue, ... A: the cup is"): the
+# colour follows "cup is", so a two-token content match (an induction head keyed on
+# the queried object and "is") finds it.
+# "repeats" rows (corpus.repeat_sequences: a word sequence and its repeat, LM loss on the
+# repeat) are what make such content-matching induction heads form. Without them the
+# answer-only losses never did: induction was solved by position (fixed offset) and
+# colored objects stayed at the one-in-three plateau in every run (colour-first,
+# object-first and the_is phrasings; 2-5 objects; single-task training; up to 8000 steps).
+# The induction task mixes lengths 3-10, so its answer sits at no fixed offset.
 MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
-    "ioi": (0.13, {}),
-    "colored_objects": (0.25, {"order": "the_is"}),
-    "mental_math": (0.22, {"forms": ("add", "sub"), "max_value": 20, "phrasings": ("eq", "what", "is")}),
+    "ioi": (0.10, {}),
+    "colored_objects": (0.22, {"order": "the_is"}),
+    "mental_math": (0.21, {"forms": ("add", "sub"), "max_value": 20, "phrasings": ("eq", "what", "is")}),
     "recall": (0.08, {}),
-    "reasoning": (0.14, {}),
-    "induction": (0.07, {}),
-    "greater_than": (0.05, {}),
-    "filler": (0.06, {}),
+    "reasoning": (0.13, {}),
+    "induction": (0.05, {"seq_len": (3, 4, 5, 6, 7, 8, 9, 10)}),
+    "greater_than": (0.03, {}),
+    "repeats": (0.18, {}),
 }
-EVAL_TASKS = {t: opts for t, (_, opts) in MIXTURE.items() if t != "filler"}
+NOT_TASKS = ("filler", "repeats")  # corpus parts that are not tasks of the suite
+EVAL_TASKS = {t: opts for t, (_, opts) in MIXTURE.items() if t not in NOT_TASKS}
 
 MODEL = dict(n_embd=128, n_layer=4, n_head=4, n_positions=64)
 SETTINGS = dict(steps=8000, lr=2e-3, warmup=200, weight_decay=0.1)
@@ -54,6 +58,8 @@ def make_corpus(tokenizer, n_total: int, seed: int) -> corpus.Sequences:
         n = max(1, int(share * n_total))
         if task == "filler":
             parts.append(corpus.filler_sequences(tokenizer, n, seed + i))
+        elif task == "repeats":
+            parts.append(corpus.repeat_sequences(tokenizer, n, seed + i, **opts))
         else:
             parts.append(corpus.task_sequences(task, tokenizer, n, seed + i, "train", opts))
     return corpus.merge(parts, seed)
@@ -81,7 +87,7 @@ def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
     n_rows = min(MAX_ROWS, s.steps * BATCH_SIZE)
     seqs = make_corpus(tok, n_rows, seed)
     model = make_model(tok, seed)
-    recipe = {"recipe": "circuits.zoo.toyworld", "seed": seed, "model": MODEL, "settings": SETTINGS,
+    recipe = {"recipe": "circuits.zoo.toyworld", "seed": seed, "model": MODEL, "settings": {**SETTINGS, "steps": s.steps},
               "batch_size": BATCH_SIZE, "mixture": {k: v[0] for k, v in MIXTURE.items()},
               "task_options": {k: v[1] for k, v in MIXTURE.items()}, "training_rows": n_rows}
 
