@@ -45,3 +45,16 @@ def test_end_only_mlp_stands_aside_for_hooks_on_the_last_mlp(loaded_models):
     runner.end_logits(model, ps.clean, ps.positions["END"], [(f"blocks.{last}.hook_mlp_out", grab)])
     torch.testing.assert_close(seen["mlp_out"], cache[f"blocks.{last}.hook_mlp_out"])
     assert seen["mlp_out"][:, 0].abs().sum() > 0
+
+
+def test_first_replay_on_a_fresh_model_records_each_block_once(loaded_models):
+    """The once-per-model checks run their own forwards; they must not leak into the recording."""
+    from circuits.tasks import build_task
+
+    model = loaded_models("llama")
+    runner._END_MLP_OK.pop(model, None)
+    runner._REPLAY_OK.pop(model, None)
+    ps = build_task("ioi", model.tokenizer, n=3, seed=1)
+    replay = runner.BlockReplay(model, ps.clean, ps.positions["END"])
+    assert len(replay.calls) == model.cfg.n_layers
+    assert replay.ok and runner._REPLAY_OK[model] is True and runner._END_MLP_OK[model] is True

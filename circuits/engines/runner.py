@@ -221,6 +221,7 @@ class BlockReplay:
         """``store``: hook names whose base-run activations to keep in ``self.store`` (same pass)."""
         self.model, self.tokens, self.end = model, tokens, end
         self.calls: list[tuple[tuple, dict]] = []
+        _end_mlp_verified(model, tokens, end)  # its check passes run the blocks: not while recording
         handles = []
 
         def grab(module: Any, args: tuple, kwargs: dict) -> None:
