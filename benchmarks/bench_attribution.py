@@ -13,7 +13,6 @@ Prints the ratios and writes results/bench/attribution.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -22,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_engines import SHAPES, gpt2_small_random, random_prompts, timed  # noqa: E402
+from bench_engines import setup, timed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from circuits.engines.mib import faithfulness_curve
     from circuits.io import atomic_write_json
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/bench/attribution.json")
-    ap.add_argument("--small", action="store_true", help="a 2-layer model (a smoke run, not a benchmark)")
-    args = ap.parse_args(argv)
-    shapes = dict(SHAPES, n_layer=2, n_head=4, n_embd=64, vocab_size=500) if args.small else SHAPES
-    model = gpt2_small_random(shapes=shapes)
-    ps = random_prompts(shapes["vocab_size"])
+    args, shapes, model, ps = setup(argv, __doc__.splitlines()[0], "results/bench/attribution.json")
     out = {"model": "random GPT-2 " + ("(small smoke shapes)" if args.small else "small shapes"),
            "shapes": shapes, "batch": list(ps.clean.shape), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "python": platform.python_version()}

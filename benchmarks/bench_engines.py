@@ -129,17 +129,21 @@ def bench_path_patching(model, ps, metric_tl):
             "direct_shortcut": ours.settings.get("direct_shortcut")}
 
 
+def setup(argv: list[str] | None, description: str, default_out: str):
+    """(args, shapes, model, prompts) shared by the benchmark scripts: ``--out`` and ``--small``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--small", action="store_true", help="a 2-layer model (a smoke run, not a benchmark)")
+    args = ap.parse_args(argv)
+    shapes = dict(SHAPES, n_layer=2, n_head=4, n_embd=64, vocab_size=500) if args.small else SHAPES
+    return args, shapes, gpt2_small_random(shapes=shapes), random_prompts(shapes["vocab_size"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from circuits import metrics
     from circuits.io import atomic_write_json
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/bench/engines.json")
-    ap.add_argument("--small", action="store_true", help="a 2-layer model (a smoke run, not a benchmark)")
-    args = ap.parse_args(argv)
-    shapes = dict(SHAPES, n_layer=2, n_head=4, n_embd=64, vocab_size=500) if args.small else SHAPES
-    model = gpt2_small_random(shapes=shapes)
-    ps = random_prompts(shapes["vocab_size"])
+    args, shapes, model, ps = setup(argv, __doc__.splitlines()[0], "results/bench/engines.json")
     metric_tl = lambda lg: metrics.logit_diff(lg, ps)  # noqa: E731
     metric_one = lambda lg: metrics.logit_diff(lg, ps.subset([0]))  # noqa: E731
     out = {"model": "random GPT-2 " + ("(small smoke shapes)" if args.small else "small shapes"),
