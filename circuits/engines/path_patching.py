@@ -238,13 +238,20 @@ def wang_effect(scores: Scores) -> torch.Tensor:
 
 
 
-def _receiver_input(model: Any, layer: int, comp: str, x: torch.Tensor) -> torch.Tensor:
-    """q/k/v [..., P, heads, d_head] that ``layer`` computes from the residual ``x`` [..., P, d_model]."""
+def _receiver_input(model: Any, layer: int, comp: str, x: torch.Tensor,
+                    heads: Sequence[int] | None = None) -> torch.Tensor:
+    """q/k/v [..., P, heads, d_head] that ``layer`` computes from the residual ``x`` [..., P, d_model].
+
+    ``heads``: only these (query or KV-group) heads, in this order; default all.
+    """
     attn = model.blocks[layer].attn
     normed = model.blocks[layer].ln1(x)
     w = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}[comp]
-    out = torch.einsum("bpd,hde->bphe", normed, w)
     bias = getattr(attn, {"q": "b_Q", "k": "b_K", "v": "b_V"}[comp], None)
+    if heads is not None:
+        w = w[list(heads)]
+        bias = None if bias is None else bias[list(heads)]
+    out = torch.einsum("bpd,hde->bphe", normed, w)
     return out if bias is None else out + bias
 
 
@@ -288,18 +295,18 @@ def _direct_receiver_hooks(model: Any, chunk: list, deltas: torch.Tensor, base_s
             [s.layer < layer for s in chunk], dtype=deltas.dtype, device=deltas.device)[:, None, None, None]
         x = x.reshape(n * b, *x.shape[2:])
         for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
-            new = _receiver_input(model, layer, comp, x)
             idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
+            new = _receiver_input(model, layer, comp, x, idx)  # [n*b, P, len(idx), d_head]
 
             def put(act, hook, new=new, idx=idx):
                 a = act.clone()
                 if r_pos is None:
-                    a[:, :, idx] = new[:, :, idx].to(a.dtype)
+                    a[:, :, idx] = new.to(a.dtype)
                 else:
                     p = runner.tile(r_pos, n)
                     rows = torch.nonzero(p >= 0).flatten()
-                    for h in idx:
-                        a[rows, p[rows], h] = new[rows, p[rows], h].to(a.dtype)
+                    for j, h in enumerate(idx):
+                        a[rows, p[rows], h] = new[rows, p[rows], j].to(a.dtype)
                 return a
             hooks.append((f"blocks.{layer}.attn.hook_{comp}", put))
     return hooks
