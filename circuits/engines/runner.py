@@ -130,7 +130,7 @@ def _end_mlp_verified(model: Any, tokens: Tensor, end: Tensor) -> None:
     """Once per model: does the END-only last MLP give the END logits of a full forward?"""
     if model in _END_MLP_OK:
         return
-    _END_MLP_OK[model] = True
+    _END_MLP_OK[model] = True  # provisionally, so that the context below applies during the check
     try:
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         with end_only_last_mlp(model, end):
@@ -251,7 +251,6 @@ class BlockReplay:
         args0, _ = self.calls[layer]
         h = args0[0] if args0 else self.calls[layer][1]["hidden_states"]
         h = tile(h, n)
-        _end_mlp_verified(self.model, self.tokens, self.end)
         with self.model.hooks(fwd_hooks=list(fwd_hooks)), end_only_last_mlp(self.model, tile(self.end, n), fwd_hooks):
             for i in range(layer, len(self.model.blocks)):
                 args, kwargs = self.calls[i]
