@@ -34,8 +34,15 @@ def naive_patch(model, ps, site_hook, index_fn, direction="denoise", cells=()):
     return torch.stack(out)
 
 
-def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlps=False):
-    """Wang et al.'s four passes, literally, for one sender head (layer, head)."""
+def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlps=False,
+                     sender_position=None, receiver_position=None):
+    """Wang et al.'s four passes, literally, for one sender head (layer, head).
+
+    ``sender_position`` / ``receiver_position``: a named position of ``ps``; the sender is
+    patched there only / the receivers take pass C's input there only."""
+    rows = torch.arange(len(ps))
+    s_pos = None if sender_position is None else ps.positions[sender_position].long()
+    r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
     base, src = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
     _, bc = model.run_with_cache(base)
     _, sc = model.run_with_cache(src)
@@ -48,7 +55,10 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
         def freeze_z(act, hook, name=name, layer=layer):
             out = bc[name].clone()
             if layer == sender[0]:
-                out[:, :, sender[1]] = sc[name][:, :, sender[1]]
+                if s_pos is None:
+                    out[:, :, sender[1]] = sc[name][:, :, sender[1]]
+                else:
+                    out[rows, s_pos, sender[1]] = sc[name][rows, s_pos, sender[1]]
             return out
         hooks.append((name, freeze_z))
         if freeze_mlps:
@@ -70,7 +80,10 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
 
         def put(act, hook, name=name, idx=idx):
             act = act.clone()
-            act[:, :, idx] = captured[name][:, :, idx]
+            if r_pos is None:
+                act[:, :, idx] = captured[name][:, :, idx]
+            else:
+                act[rows, r_pos, idx] = captured[name][rows, r_pos, idx]
             return act
         d_hooks.append((name, put))
     return metric_full(model, base, ps, d_hooks)

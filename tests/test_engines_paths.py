@@ -16,21 +16,24 @@ from tests.reference_engines import naive_path_patch
 
 @pytest.mark.parametrize("arch", ENGINE_ARCHS)
 @pytest.mark.parametrize("freeze_mlps", [False, True])
-@pytest.mark.parametrize("receivers", ["logits", [(1, 2, "q")], [(1, 0, "k"), (1, 3, "v")], [(1, 1, "q"), (1, 2, "k")]])
+@pytest.mark.parametrize("receivers", ["logits", [(1, 2, "q")], [(1, 0, "k"), (1, 3, "v")], [(1, 1, "q"), (1, 2, "k")],
+                                       [(1, 0, "k"), (1, 3, "v"), (1, 3, "q")]])
 def test_path_patching_matches_four_pass_reference(arch, freeze_mlps, receivers, engine_models):
     model = engine_models(arch)
     ps = build_task("ioi", model.tokenizer, n=5, seed=2)
     recv = ["logits"] if receivers == "logits" else receivers
     got = path_patching(model, ps, recv, freeze_mlps=freeze_mlps, progress=False, memory_budget=2**20)
     assert got.settings["direct_shortcut"] == freeze_mlps  # the linear shortcut is what is being tested
-    last = 2 if receivers == "logits" else 1
+    if arch == "gpt2" and receivers != "logits":  # receivers in one layer: their outputs by hand
+        assert got.settings["one_layer_shortcut"] == freeze_mlps
+    last = 2 if receivers == "logits" else receivers[0][0]
     for layer in range(last):
         for head in range(model.cfg.n_heads):
             ref = naive_path_patch(model, ps, (layer, head), receivers, "noise", freeze_mlps)
             torch.testing.assert_close(got.per_example[layer, head], ref, atol=1e-5, rtol=1e-5)
-    # senders with no path to a layer-1 receiver: the unpatched value
+    # senders with no path to the receivers' layer: the unpatched value
     if receivers != "logits":
-        torch.testing.assert_close(got.values[1], torch.full((model.cfg.n_heads,), got.baseline["base"]))
+        torch.testing.assert_close(got.values[last], torch.full((model.cfg.n_heads,), got.baseline["base"]))
     assert (got.values[0] - got.baseline["base"]).abs().max() > 1e-3
     assert torch.isfinite(wang_effect(got)).all()
 
@@ -62,9 +65,8 @@ def test_path_patching_errors(engine_models):
     assert parse_receiver("a3.h1<v>") == (3, 1, "v") and parse_receiver((2, 0, "k")) == (2, 0, "k")
 
 
-def test_receivers_in_several_layers_with_senders_between(engine_models, tmp_path):
-    """Receivers in layers 1 and 3, senders in layers 0-2: a layer-2 sender has no path to the
-    layer-1 receiver, which must keep its base input (the chunk restarts at layer 2)."""
+@pytest.fixture(scope="module")
+def four_layer_gpt2(engine_models, tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from circuits.models import load_model
@@ -73,9 +75,16 @@ def test_receivers_in_several_layers_with_senders_between(engine_models, tmp_pat
     torch.manual_seed(5)
     cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=4, n_head=4, n_positions=64, initializer_range=0.3,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    model = load_model(str(tmp_path))
+    path = tmp_path_factory.mktemp("gpt2-4layer")
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return load_model(str(path))
+
+
+def test_receivers_in_several_layers_with_senders_between(four_layer_gpt2):
+    """Receivers in layers 1 and 3, senders in layers 0-2: a layer-2 sender has no path to the
+    layer-1 receiver, which must keep its base input (the chunk restarts at layer 2)."""
+    model = four_layer_gpt2
     ps = build_task("ioi", model.tokenizer, n=4, seed=1)
     receivers = [(1, 0, "q"), (3, 3, "k")]
     got = path_patching(model, ps, receivers, progress=False, memory_budget=2**18)
@@ -83,3 +92,22 @@ def test_receivers_in_several_layers_with_senders_between(engine_models, tmp_pat
         for head in range(model.cfg.n_heads):
             ref = naive_path_patch(model, ps, (layer, head), receivers)
             torch.testing.assert_close(got.per_example[layer, head], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [2, 3])  # a middle layer (later blocks replayed) and the last (END only)
+@pytest.mark.parametrize("positions", [(None, None), ("S2", "S2"), (None, "END")])
+def test_one_layer_receivers_and_positions(four_layer_gpt2, layer, positions):
+    """Receivers in one layer are computed by hand (their heads only); with sender and receiver
+    positions, against the four literal passes. Padded prompts: END differs per row."""
+    model = four_layer_gpt2
+    ps = build_task("ioi", model.tokenizer, n=6, seed=1)
+    s_pos, r_pos = positions
+    receivers = [(layer, 0, "q"), (layer, 2, "v"), (layer, 3, "k")]
+    got = path_patching(model, ps, receivers, freeze_mlps=True, sender_position=s_pos, receiver_position=r_pos,
+                        progress=False, memory_budget=2**18)
+    assert got.settings["direct_shortcut"] and got.settings["one_layer_shortcut"]
+    for sender_layer in range(layer):
+        for head in range(model.cfg.n_heads):
+            ref = naive_path_patch(model, ps, (sender_layer, head), receivers, "noise", True, s_pos, r_pos)
+            torch.testing.assert_close(got.per_example[sender_layer, head], ref, atol=1e-5, rtol=1e-5)
+    assert (got.values[:layer] - got.baseline["base"]).abs().max() > 1e-3

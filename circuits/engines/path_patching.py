@@ -118,6 +118,11 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             extra = sorted({z_names[s.layer] for s in snd})
             extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
             extra += sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+        recv_layers = sorted({layer for layer, _, _ in heads_recv})
+        first_recv = recv_layers[0] if recv_layers else n_layers
+        recv_layers = recv_layers if len(recv_layers) == 1 else None
+        if freeze_mlps and recv_layers:
+            extra = sorted(set(extra) | set(_one_layer_store_names(recv_layers[0])))
         # the base run records what each block received, so later passes can restart at any layer
         replay = runner.BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
         base_logits, base_store = replay.base_logits, replay.store
@@ -140,6 +145,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                 groups.append([])
             groups[-1].append(snd_i)
         fast = freeze_mlps and _direct_inputs_check(model, base_store, heads_recv)
+        # receivers all in one layer: their outputs by hand, not a forward of that layer
+        one_layer, one_layer_checked = fast and recv_layers is not None and replay.ok, False
         if fast:  # direct paths are linear up to the receivers: no pass C forward at all
             groups = []
             for chunk in tqdm(list(runner.chunks(scored, per_chunk)), desc="path patching (direct)",
@@ -152,9 +159,15 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                     fe = final[rows, end]  # [b, d]
                     logits = runner.unembed(model, fe[None] + deltas[:, rows, end])
                 else:
-                    d_hooks = _direct_receiver_hooks(model, chunk, deltas, base_store, heads_recv, group, r_pos)
-                    first = min(layer for layer, _, _ in heads_recv)
-                    logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
+                    inputs = _direct_receiver_inputs(model, chunk, deltas, base_store, heads_recv, group, end)
+                    logits = None
+                    if one_layer:
+                        logits, one_layer = _one_layer_checked(model, replay, base_store, inputs, n, group, r_pos,
+                                                               end, one_layer_checked)
+                        one_layer_checked = True
+                    if logits is None:
+                        logits = replay.end_logits_from(first_recv, n, _direct_receiver_hooks(inputs, n, r_pos))
+                    logits = logits.reshape(n, b, -1)
                 for t, snd_t in enumerate(chunk):
                     per[snd_t.layer, snd_t.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
         for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
@@ -225,7 +238,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                       {"engine": "path_patching", "receivers": [r if r == "logits" else f"a{r[0]}.h{r[1]}<{r[2]}>"
                                                                 for r in recv],
                        "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
-                       "direct_shortcut": bool(fast),
+                       "direct_shortcut": bool(fast), "one_layer_shortcut": bool(one_layer),
                        "sender_position": sender_position, "receiver_position": receiver_position,
                        "metric": metric_name, "model": model_name(model), "n_prompts": b, "provenance": ps.provenance})
 
@@ -285,28 +298,134 @@ def _sender_deltas(model: Any, chunk: list, base_store: dict, src_store: dict, s
     return torch.stack(out)
 
 
-def _direct_receiver_hooks(model: Any, chunk: list, deltas: torch.Tensor, base_store: dict, heads_recv: list,
-                           group: int, r_pos) -> list:
-    """Pass-D hooks giving each receiver the input it computes from base residual + sender delta."""
+def _direct_receiver_inputs(model: Any, chunk: list, deltas: torch.Tensor, base_store: dict,
+                            heads_recv: list, group: int, end: torch.Tensor) -> list[tuple[int, str, list[int], torch.Tensor]]:
+    """(layer, comp, heads, new [n*b, P, len(heads), d_head]): each receiver's q/k/v computed from
+    the base residual plus the sender's delta (senders at or after the receiver's layer add nothing).
+
+    Queries of the last layer matter at END only: they are computed there and keep their
+    base value elsewhere.
+    """
     n, b = deltas.shape[:2]
-    hooks = []
+    out = []
+    rows = torch.arange(b, device=deltas.device)
     for layer in sorted({layer for layer, _, _ in heads_recv}):
-        x = base_store[f"blocks.{layer}.hook_resid_pre"][None] + deltas * torch.tensor(
-            [s.layer < layer for s in chunk], dtype=deltas.dtype, device=deltas.device)[:, None, None, None]
-        x = x.reshape(n * b, *x.shape[2:])
+        gate = torch.tensor([s.layer < layer for s in chunk], dtype=deltas.dtype, device=deltas.device)
+        resid = base_store[f"blocks.{layer}.hook_resid_pre"]
         for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
             idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
-            new = _receiver_input(model, layer, comp, x, idx)  # [n*b, P, len(idx), d_head]
+            if comp == "q" and layer == len(model.blocks) - 1:
+                x = resid[rows, end][None] + deltas[:, rows, end] * gate[:, None, None]  # [n, b, d]
+                new = runner.tile(base_store[f"blocks.{layer}.attn.hook_q"][:, :, idx], n).clone()
+                at_end = _receiver_input(model, layer, comp, x.reshape(n * b, 1, -1), idx)[:, 0]
+                new[torch.arange(n * b, device=new.device), runner.tile(end, n).to(new.device)] = at_end.to(new.dtype)
+            else:
+                x = (resid[None] + deltas * gate[:, None, None, None]).reshape(n * b, *resid.shape[1:])
+                new = _receiver_input(model, layer, comp, x, idx)
+            out.append((layer, comp, idx, new))
+    return out
 
-            def put(act, hook, new=new, idx=idx):
-                a = act.clone()
-                if r_pos is None:
-                    a[:, :, idx] = new.to(a.dtype)
-                else:
-                    p = runner.tile(r_pos, n)
-                    rows = torch.nonzero(p >= 0).flatten()
-                    for j, h in enumerate(idx):
-                        a[rows, p[rows], h] = new[rows, p[rows], j].to(a.dtype)
-                return a
-            hooks.append((f"blocks.{layer}.attn.hook_{comp}", put))
+
+def _direct_receiver_hooks(inputs: list, n: int, r_pos) -> list:
+    """Pass-D hooks giving each receiver its input from ``_direct_receiver_inputs``."""
+    hooks = []
+    for layer, comp, idx, new in inputs:
+        def put(act, hook, new=new, idx=idx):
+            a = act.clone()
+            if r_pos is None:
+                a[:, :, idx] = new.to(a.dtype)
+            else:
+                p = runner.tile(r_pos, n)
+                rows = torch.nonzero(p >= 0).flatten()
+                for j, h in enumerate(idx):
+                    a[rows, p[rows], h] = new[rows, p[rows], j].to(a.dtype)
+            return a
+        hooks.append((f"blocks.{layer}.attn.hook_{comp}", put))
     return hooks
+
+
+def _one_layer_checked(model: Any, replay: runner.BlockReplay, base_store: dict, inputs: list, n: int,
+                       group: int, r_pos, end: torch.Tensor, checked: bool) -> tuple[torch.Tensor | None, bool]:
+    """(``_one_layer_logits`` or None, whether to keep using it). The first call checks the
+    shortcut against the generic pass D on up to two senders; a mismatch (an attention this
+    hand computation does not cover: rotary, ALiBi, soft-capping, parallel MLP...) turns it off."""
+    try:
+        logits = _one_layer_logits(model, replay, base_store, inputs, n, group, r_pos, end)
+    except Exception:  # modules that cannot be called this way
+        return None, False
+    if checked:
+        return logits, True
+    b = end.shape[0]
+    k = min(2, n)
+    few = [(ly, c, idx, new[:k * b]) for ly, c, idx, new in inputs]
+    ref = replay.end_logits_from(inputs[0][0], k, _direct_receiver_hooks(few, k, r_pos))
+    if torch.allclose(logits[:k * b], ref, atol=1e-4, rtol=1e-4):
+        return logits, True
+    return None, False
+
+
+def _one_layer_store_names(layer: int) -> list[str]:
+    """Base activations ``_one_layer_logits`` reads."""
+    return [f"blocks.{layer}.attn.hook_{c}" for c in "qkvz"] + [f"blocks.{layer}.hook_resid_mid"]
+
+
+def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, inputs: list, n: int,
+                      group: int, r_pos, end: torch.Tensor) -> torch.Tensor:
+    """END logits [n*b, vocab] of pass D when every receiver sits in one layer, without running it.
+
+    Only the receiver heads of that layer see new inputs, so only their outputs are
+    recomputed (by hand: softmax(q k^T / sqrt(d_head)) v, causal), and the layer's
+    attention output moves by their change times W_O. The layer's MLP runs on the new
+    residual; if it is the last layer, at END rows only, else the later blocks are
+    replayed from it. The caller checks the result against the generic pass once.
+    """
+    layer = inputs[0][0]
+    pre = f"blocks.{layer}.attn.hook_"
+    heads = sorted({h for ly, comp, idx, _ in inputs for hk in idx
+                    for h in ([hk] if comp == "q" else range(hk * group, (hk + 1) * group))})
+    kv = [h // group for h in heads]
+    b = end.shape[0]
+    # [n, b, P, A, d_head]: base values shared by every tile (a view) unless a receiver changes them
+    sel = {"q": base_store[pre + "q"][:, :, heads], "k": base_store[pre + "k"][:, :, kv],
+           "v": base_store[pre + "v"][:, :, kv]}
+    sel = {c: t[None].expand(n, *t.shape) for c, t in sel.items()}
+    keep = None
+    if r_pos is not None:  # receivers take new inputs at their position only
+        keep = torch.zeros(sel["q"].shape[1:3], dtype=torch.bool, device=r_pos.device)
+        ok = torch.nonzero(r_pos >= 0).flatten()
+        keep[ok, r_pos[ok]] = True
+    for _, comp, idx, new in inputs:
+        new = new.reshape(n, b, *new.shape[1:])
+        sel[comp] = sel[comp].clone()
+        for j, h in enumerate(heads):
+            own = h if comp == "q" else h // group  # the query or KV head this receiver input belongs to
+            if own not in idx:
+                continue
+            val = new[..., idx.index(own), :].to(sel[comp].dtype)
+            sel[comp][..., j, :] = val if keep is None else torch.where(keep[..., None], val, sel[comp][..., j, :])
+    last = layer == len(model.blocks) - 1
+    rows = torch.arange(b, device=end.device)
+    n_pos = sel["k"].shape[2]
+    scale = model.cfg.attn_scale if getattr(model.cfg, "attn_scale", -1) and model.cfg.attn_scale > 0 \
+        else model.cfg.d_head ** 0.5
+    z_base = base_store[pre + "z"][:, :, heads]  # [b, P, A, d_head]
+    key_pos = torch.arange(n_pos, device=end.device)
+    w_o = model.blocks[layer].attn.W_O[heads]  # [A, d_head, d_model]
+    mid = base_store[f"blocks.{layer}.hook_resid_mid"]  # [b, P, d_model]
+    block = model.blocks[layer]
+    if last:  # queries at END only
+        scores = torch.einsum("nbad,nbpad->nbap", sel["q"][:, rows, end], sel["k"]) / scale
+        scores = scores.masked_fill((key_pos[None] > end[:, None])[None, :, None], float("-inf"))
+        dz = torch.einsum("nbap,nbpad->nbad", scores.softmax(-1), sel["v"]) - z_base[rows, end]
+        x = (mid[rows, end] + torch.einsum("nbad,adm->nbm", dz, w_o)).reshape(n * b, 1, -1)
+        x = x + block.mlp(block.ln2(x))
+        return runner.unembed(model, x[:, 0])
+    scores = torch.einsum("nbqad,nbkad->nbaqk", sel["q"], sel["k"]) / scale
+    scores = scores.masked_fill(key_pos[None, :] > key_pos[:, None], float("-inf"))
+    dz = torch.einsum("nbaqk,nbkad->nbqad", scores.softmax(-1), sel["v"]) - z_base
+    x = (mid + torch.einsum("nbqad,adm->nbqm", dz, w_o)).reshape(n * b, n_pos, -1)
+    x = x + block.mlp(block.ln2(x))
+    out = replay.end_logits_given(layer + 1, x)
+    if out is None:
+        raise RuntimeError("block replay unavailable")
+    return out

@@ -246,11 +246,13 @@ class BlockReplay:
             return False
         return bool(torch.allclose(again, self.base_logits, atol=1e-4, rtol=1e-4))
 
-    def _run(self, layer: int, n: int, fwd_hooks: Sequence[Hook]) -> Tensor:
+    def _run(self, layer: int, n: int, fwd_hooks: Sequence[Hook], hidden: Tensor | None = None) -> Tensor:
         b = self.tokens.shape[0]
-        args0, _ = self.calls[layer]
-        h = args0[0] if args0 else self.calls[layer][1]["hidden_states"]
-        h = tile(h, n)
+        if hidden is None:
+            args0, _ = self.calls[layer]
+            h = tile(args0[0] if args0 else self.calls[layer][1]["hidden_states"], n)
+        else:
+            h = hidden
         with self.model.hooks(fwd_hooks=list(fwd_hooks)), end_only_last_mlp(self.model, tile(self.end, n), fwd_hooks):
             for i in range(layer, len(self.model.blocks)):
                 args, kwargs = self.calls[i]
@@ -271,6 +273,18 @@ class BlockReplay:
         if not self.ok or layer <= 0:
             return end_logits(self.model, tile(self.tokens, n), tile(self.end, n), fwd_hooks)
         return self._run(layer, n, fwd_hooks)
+
+    def end_logits_given(self, layer: int, hidden: Float[Tensor, "rows pos d_model"],
+                         fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "rows vocab"] | None:
+        """END logits when block ``layer`` receives ``hidden`` ([n*b, pos, d_model], tiled rows)
+        instead of the base run's input; ``None`` where this model cannot be replayed."""
+        if not self.ok or not 0 < layer <= len(self.model.blocks):
+            return None
+        n = hidden.shape[0] // self.tokens.shape[0]
+        if layer == len(self.model.blocks):
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return unembed(self.model, hidden[rows, tile(self.end, n).to(hidden.device)])
+        return self._run(layer, n, fwd_hooks, hidden)
 
     def run_until(self, layer: int, n: int, fwd_hooks: Sequence[Hook], stop_hook: str) -> None:
         """Run ``n`` tiled copies from ``layer`` (0: the whole model) with ``fwd_hooks`` active and
