@@ -111,3 +111,16 @@ def test_one_layer_receivers_and_positions(four_layer_gpt2, layer, positions):
             ref = naive_path_patch(model, ps, (sender_layer, head), receivers, "noise", True, s_pos, r_pos)
             torch.testing.assert_close(got.per_example[sender_layer, head], ref, atol=1e-5, rtol=1e-5)
     assert (got.values[:layer] - got.baseline["base"]).abs().max() > 1e-3
+
+
+def test_path_patching_parallel_attention(engine_models):
+    """GPT-NeoX (attention and MLP in parallel, no resid_mid hook): the one-layer shortcut stands
+    down and the generic passes give Wang et al.'s values."""
+    model = engine_models("neox")
+    ps = build_task("ioi", model.tokenizer, n=4, seed=2)
+    receivers = [(1, 1, "q"), (1, 2, "v")]
+    got = path_patching(model, ps, receivers, freeze_mlps=True, progress=False)
+    assert not got.settings["one_layer_shortcut"]
+    for head in range(model.cfg.n_heads):
+        ref = naive_path_patch(model, ps, (0, head), receivers, "noise", True)
+        torch.testing.assert_close(got.per_example[0, head], ref, atol=1e-5, rtol=1e-5)

@@ -122,7 +122,11 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         first_recv = recv_layers[0] if recv_layers else n_layers
         recv_layers = recv_layers if len(recv_layers) == 1 else None
         if freeze_mlps and recv_layers:
-            extra = sorted(set(extra) | set(_one_layer_store_names(recv_layers[0])))
+            names = _one_layer_store_names(recv_layers[0])
+            if all(nm in model.hook_dict for nm in names):  # no resid_mid: parallel attention and MLP
+                extra = sorted(set(extra) | set(names))
+            else:
+                recv_layers = None
         # the base run records what each block received, so later passes can restart at any layer
         replay = runner.BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
         base_logits, base_store = replay.base_logits, replay.store
