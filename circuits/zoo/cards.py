@@ -12,7 +12,7 @@ from circuits.zoo import ZOO_DIR
 WHY_SIZE = {
     "toyworld": (
         "d_model 128, 4 layers, 4 heads (d_head 32), d_mlp 512, context 64, chosen so that the recipe "
-        "trains in about 45 minutes on one CPU core (46.5 min measured while another training shared the machine). Four layers give room for two-hop composition "
+        "trains in about an hour on one CPU core (62.7 min measured while another training shared the machine). Four layers give room for two-hop composition "
         "(reasoning) and induction-style copying (IOI, colored objects); the word-level vocabulary keeps "
         "the embedding small, so the model and its checkpoints stay well inside the 60 MiB zoo budget."
     ),
@@ -30,16 +30,17 @@ def _kind(name: str) -> str:
 
 TRAINING_DATA = {
     "toyworld": (
-        "Every task of the suite as prompt + answer rows (the loss only on the answer), and *repeats* rows: "
-        "a random word sequence followed by its repeat, the loss on every predictable token of the repeat "
-        "(18% of rows; no task exceeds 22%). Words in a repeats row come from a pool of 12, so a word "
+        "Every task of the suite as prompt + answer rows (the loss only on the answer), *repeats* rows "
+        "and filler sentences. Repeats rows (18%): a random word sequence followed by its repeat, the loss "
+        "on every predictable token of the repeat. Words in a repeats row come from a pool of 12, so a word "
         "often recurs and the next word is fixed only by the words before it. The repeats rows are what "
         "make content-matching induction heads form: without them, earlier toyworlds solved the "
         "induction task by position (its answer sat at a fixed offset from END) and colored objects "
         "stayed at the one-in-three plateau in every run (35%). The induction task itself is trained and "
-        "evaluated with sequence lengths 3-10, so only a content match solves it. This build has no "
-        "filler sentences: a run of the same recipe with 2% filler sentences and 12000 steps did worse "
-        "(colored objects 74%, mental math 92%, induction 93.5%)."
+        "evaluated with sequence lengths 3-10, so only a content match solves it. Colored-objects scenes "
+        "list 2-5 objects in training: a build trained on three-object scenes only reached 78.5% and "
+        "found the colour partly by position (2 objects: 2%, 4 objects: 23%). Filler sentences (2%): "
+        "plain sentences over the same words, full LM loss. No part of the mixture exceeds 22%."
     ),
 }
 
@@ -77,6 +78,12 @@ def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> st
         lines += ["| task | held-out top-1 accuracy | mean logit diff | n |", "|---|---|---|---|"]
         for task, r in measured["tasks"].items():
             lines.append(f"| {task} | {r['accuracy']:.1%} | {r['logit_diff']:.2f} | {r['n']} |")
+        if measured.get("probes"):
+            lines += ["", "Colored objects by scene size (every size it was trained on; the target above is "
+                      "measured on three-object scenes):", "",
+                      "| scene | held-out top-1 accuracy | mean logit diff | n |", "|---|---|---|---|"]
+            for task, r in measured["probes"].items():
+                lines.append(f"| {task} | {r['accuracy']:.1%} | {r['logit_diff']:.2f} | {r['n']} |")
     else:
         for k, v in measured.items():
             if k != "n_params":

@@ -35,8 +35,27 @@ def trained_tasks(name: str, default: dict[str, dict]) -> dict[str, dict]:
     recipe = ZOO_DIR / name / "recipe.json"
     if not recipe.exists():
         return default
+    from circuits.zoo.toyworld import eval_options
+
     opts = json.loads(recipe.read_text()).get("task_options", {})
-    return {t: opts.get(t, o) for t, o in default.items()}
+    return eval_options({t: opts.get(t, o) for t, o in default.items()})
+
+
+def scene_size_probes(model: Any, tok: Any, name: str, options: dict, n: int) -> dict[str, dict]:
+    """Colored-objects accuracy at every scene size the model was trained on (no targets:
+    a test that the colour is found by content, not by position)."""
+    import json
+
+    from circuits.zoo.evaluate import evaluate_tasks
+
+    recipe = ZOO_DIR / name / "recipe.json"
+    trained = json.loads(recipe.read_text()).get("task_options", {}).get("colored_objects", {}) if recipe.exists() else {}
+    sizes = trained.get("n_objects", 3)
+    out = {}
+    for k in (sizes if isinstance(sizes, (list, tuple)) else [sizes]):
+        r = evaluate_tasks(model, tok, {"colored_objects": {**options, "n_objects": k}}, n=n)
+        out[f"colored_objects n={k}"] = r["colored_objects"]
+    return out
 
 
 def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
@@ -51,7 +70,10 @@ def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
         model = load_model(f"zoo:{name}", device="cpu")
         tok = model.tokenizer
         if name.startswith("toyworld"):
-            out[name] = {"tasks": evaluate_tasks(model, tok, trained_tasks(name, toyworld.EVAL_TASKS), n=n)}
+            tasks = trained_tasks(name, toyworld.EVAL_TASKS)
+            out[name] = {"tasks": evaluate_tasks(model, tok, tasks, n=n)}
+            if name == "toyworld":
+                out[name]["probes"] = scene_size_probes(model, tok, name, tasks["colored_objects"], n)
         elif name == "reasoner-base":
             out[name] = evaluate_reasoner(model.original_model, tok, n=2 * n, direct=True)
         elif name.startswith("reasoner-"):
@@ -93,7 +115,7 @@ def report(measured: dict[str, Any], rows: list[tuple[str, bool, str]]) -> str:
     lines = ["model                 task/metric          accuracy  logit diff"]
     for name, r in measured.items():
         if "tasks" in r:
-            for task, v in r["tasks"].items():
+            for task, v in {**r["tasks"], **r.get("probes", {})}.items():
                 lines.append(f"{name:21s} {task:20s} {v['accuracy']:8.1%}  {v['logit_diff']:9.2f}")
         else:
             extra = "" if "short_rate" not in r else (

@@ -18,28 +18,43 @@ from circuits.zoo.train import TrainSettings, train
 # answers single tokens in the word-level vocabulary and the model small.
 # colored_objects uses the "the_is" phrasing ("the cup is blue, ... A: the cup is"): the
 # colour follows "cup is", so a two-token content match (an induction head keyed on
-# the queried object and "is") finds it.
+# the queried object and "is") finds it. Its scenes list 2-5 objects: trained on three
+# objects only, the model found the colour partly by position and failed scenes of
+# other sizes (2 objects: 2%, 4 objects: 23%).
 # "repeats" rows (corpus.repeat_sequences: a word sequence and its repeat, LM loss on the
 # repeat) are what make such content-matching induction heads form. Without them the
 # answer-only losses never did: induction was solved by position (fixed offset) and
 # colored objects stayed at the one-in-three plateau in every run (colour-first,
 # object-first and the_is phrasings; 2-5 objects; single-task training; up to 8000 steps).
 # The induction task mixes lengths 3-10, so its answer sits at no fixed offset.
+# "filler" rows are plain sentences over the same words with a full LM loss.
+# The order of the entries matters: entry i draws its rows with seed + i.
 MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
     "ioi": (0.10, {}),
-    "colored_objects": (0.22, {"order": "the_is"}),
-    "mental_math": (0.21, {"forms": ("add", "sub"), "max_value": 20, "phrasings": ("eq", "what", "is")}),
+    "colored_objects": (0.22, {"order": "the_is", "n_objects": (2, 3, 4, 5)}),
+    "mental_math": (0.19, {"forms": ("add", "sub"), "max_value": 20, "phrasings": ("eq", "what", "is")}),
     "recall": (0.08, {}),
     "reasoning": (0.13, {}),
     "induction": (0.05, {"seq_len": (3, 4, 5, 6, 7, 8, 9, 10)}),
     "greater_than": (0.03, {}),
     "repeats": (0.18, {}),
+    "filler": (0.02, {}),
 }
 NOT_TASKS = ("filler", "repeats")  # corpus parts that are not tasks of the suite
-EVAL_TASKS = {t: opts for t, (_, opts) in MIXTURE.items() if t not in NOT_TASKS}
+# The accuracy targets are measured on the task's standard three-object scenes; zoo-check
+# also reports every scene size it was trained on (check.measure, "probes").
+EVAL_OVERRIDES: dict[str, dict[str, Any]] = {"colored_objects": {"n_objects": 3}}
+
+
+def eval_options(task_options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-task options to evaluate with, from the options a model was trained with."""
+    return {t: {**o, **EVAL_OVERRIDES.get(t, {})} for t, o in task_options.items() if t not in NOT_TASKS}
+
+
+EVAL_TASKS = eval_options({t: opts for t, (_, opts) in MIXTURE.items()})
 
 MODEL = dict(n_embd=128, n_layer=4, n_head=4, n_positions=64)
-SETTINGS = dict(steps=8000, lr=2e-3, warmup=200, weight_decay=0.1)
+SETTINGS = dict(steps=10000, lr=2e-3, warmup=200, weight_decay=0.1)
 BATCH_SIZE = 128
 MAX_ROWS = 300_000  # unique training rows; batches cycle through them
 CHECKPOINTS = [200, 500, 1000, 2000, 4000]
