@@ -410,8 +410,8 @@ def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, 
     last = layer == len(model.blocks) - 1
     rows = torch.arange(b, device=end.device)
     n_pos = sel["k"].shape[2]
-    scale = model.cfg.attn_scale if getattr(model.cfg, "attn_scale", -1) and model.cfg.attn_scale > 0 \
-        else model.cfg.d_head ** 0.5
+    scale = getattr(model.cfg, "attn_scale", None)  # transformer-lens: -1 means sqrt(d_head)
+    scale = scale if scale and scale > 0 else model.cfg.d_head ** 0.5
     z_base = base_store[pre + "z"][:, :, heads]  # [b, P, A, d_head]
     key_pos = torch.arange(n_pos, device=end.device)
     w_o = model.blocks[layer].attn.W_O[heads]  # [A, d_head, d_model]

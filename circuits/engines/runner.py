@@ -274,8 +274,7 @@ class BlockReplay:
             return end_logits(self.model, tile(self.tokens, n), tile(self.end, n), fwd_hooks)
         return self._run(layer, n, fwd_hooks)
 
-    def end_logits_given(self, layer: int, hidden: Float[Tensor, "rows pos d_model"],
-                         fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "rows vocab"] | None:
+    def end_logits_given(self, layer: int, hidden: Float[Tensor, "rows pos d_model"]) -> Float[Tensor, "rows vocab"] | None:
         """END logits when block ``layer`` receives ``hidden`` ([n*b, pos, d_model], tiled rows)
         instead of the base run's input; ``None`` where this model cannot be replayed."""
         if not self.ok or not 0 < layer <= len(self.model.blocks):
@@ -284,7 +283,7 @@ class BlockReplay:
         if layer == len(self.model.blocks):
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             return unembed(self.model, hidden[rows, tile(self.end, n).to(hidden.device)])
-        return self._run(layer, n, fwd_hooks, hidden)
+        return self._run(layer, n, (), hidden)
 
     def run_until(self, layer: int, n: int, fwd_hooks: Sequence[Hook], stop_hook: str) -> None:
         """Run ``n`` tiled copies from ``layer`` (0: the whole model) with ``fwd_hooks`` active and
