@@ -28,29 +28,31 @@ def checkpoints(names: list[str]) -> list[str]:
     return sorted((n for n in names if re.fullmatch(r"toyworld@\d+", n)), key=lambda n: int(n.split("@")[1]))
 
 
-def trained_tasks(name: str, default: dict[str, dict]) -> dict[str, dict]:
-    """The task options a bundled model was trained with (its recipe.json), else ``default``."""
+def recipe_task_options(name: str) -> dict[str, dict]:
+    """The task options a bundled model was trained with (its recipe.json; {} if it has none)."""
     import json
 
     recipe = ZOO_DIR / name / "recipe.json"
-    if not recipe.exists():
-        return default
+    return json.loads(recipe.read_text()).get("task_options", {}) if recipe.exists() else {}
+
+
+def trained_tasks(name: str, default: dict[str, dict]) -> dict[str, dict]:
+    """Options to evaluate a bundled model with: those it was trained with (else ``default``),
+    with toyworld's evaluation overrides."""
     from circuits.zoo.toyworld import eval_options
 
-    opts = json.loads(recipe.read_text()).get("task_options", {})
+    opts = recipe_task_options(name)
+    if not opts:
+        return default
     return eval_options({t: opts.get(t, o) for t, o in default.items()})
 
 
 def scene_size_probes(model: Any, tok: Any, name: str, options: dict, n: int) -> dict[str, dict]:
     """Colored-objects accuracy at every scene size the model was trained on (no targets:
     a test that the colour is found by content, not by position)."""
-    import json
-
     from circuits.zoo.evaluate import evaluate_tasks
 
-    recipe = ZOO_DIR / name / "recipe.json"
-    trained = json.loads(recipe.read_text()).get("task_options", {}).get("colored_objects", {}) if recipe.exists() else {}
-    sizes = trained.get("n_objects", 3)
+    sizes = recipe_task_options(name).get("colored_objects", {}).get("n_objects", 3)
     out = {}
     for k in (sizes if isinstance(sizes, (list, tuple)) else [sizes]):
         r = evaluate_tasks(model, tok, {"colored_objects": {**options, "n_objects": k}}, n=n)
