@@ -47,11 +47,7 @@ def test_plain_transformers_loads_the_checkpoint(name, toyworld):
 
 # Targets the bundled weights are known to miss (see the zoo issue's note). Strict xfail:
 # a target that starts to pass fails this test, so the list cannot go stale.
-KNOWN_SHORTFALLS: dict[str, str] = {
-    "toyworld mental_math >= 95%": "88.0% held-out: off-by-one sums asked through a phrasing that operand pair "
-                                   "was not trained under (98.5% in the previous build, which had colored "
-                                   "objects at 78.5%)",
-}
+KNOWN_SHORTFALLS: dict[str, str] = {}
 
 TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [
     "toyworld has >= 4 checkpoints",

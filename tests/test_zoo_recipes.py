@@ -144,3 +144,17 @@ def test_verdicts_flag_failures():
     assert not rows["reasoner-sft short thinking in 10-40%"]
     assert rows["reasoner-sft short accuracy >= 10 pts below long"]
     assert rows["reasoner-grpo >= +5 pts over reasoner-sft"]
+
+
+def test_rebalanced_mixture_fixes_shares_and_scales_the_rest():
+    from circuits.zoo.toyworld import MIXTURE, rebalanced
+
+    m = rebalanced(MIXTURE, {"mental_math": 0.3, "colored_objects": 0.22})
+    assert list(m) == list(MIXTURE)  # order decides each part's seed
+    assert sum(share for share, _ in m.values()) == pytest.approx(1.0)
+    assert m["mental_math"][0] == 0.3 and m["colored_objects"][0] == 0.22
+    ratio = m["ioi"][0] / MIXTURE["ioi"][0]
+    assert ratio < 1 and m["recall"][0] / MIXTURE["recall"][0] == pytest.approx(ratio)
+    assert all(m[t][1] == MIXTURE[t][1] for t in MIXTURE)
+    with pytest.raises(ValueError, match="unknown"):
+        rebalanced(MIXTURE, {"mental_maths": 0.3})

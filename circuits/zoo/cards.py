@@ -12,7 +12,8 @@ from circuits.zoo import ZOO_DIR
 WHY_SIZE = {
     "toyworld": (
         "d_model 128, 4 layers, 4 heads (d_head 32), d_mlp 512, context 64, chosen so that the recipe "
-        "trains in about an hour on one CPU core (62.7 min measured while another training shared the machine). Four layers give room for two-hop composition "
+        "trains in about 80 minutes on one CPU core (62.7 min for the first phase and 17.4 min of consolidation, "
+        "each measured while another training shared the machine). Four layers give room for two-hop composition "
         "(reasoning) and induction-style copying (IOI, colored objects); the word-level vocabulary keeps "
         "the embedding small, so the model and its checkpoints stay well inside the 60 MiB zoo budget."
     ),
@@ -40,7 +41,13 @@ TRAINING_DATA = {
         "evaluated with sequence lengths 3-10, so only a content match solves it. Colored-objects scenes "
         "list 2-5 objects in training: a build trained on three-object scenes only reached 78.5% and "
         "found the colour partly by position (2 objects: 2%, 4 objects: 23%). Filler sentences (2%): "
-        "plain sentences over the same words, full LM loss. No part of the mixture exceeds 22%."
+        "plain sentences over the same words, full LM loss. No part of the mixture exceeds 22%. "
+        "Consolidation: after the first 10000 steps, 3000 more on the same mixture with mental math at 30% "
+        "(fresh rows), a fresh optimizer, lr 1e-3 and weight decay 0.5 instead of 0.1. The first phase "
+        "memorized every trained sum but answered held-out (operands, phrasing) pairs at 88%, mostly "
+        "\"What is a - b ?\" with a + b; consolidation brings them to the target. Stronger weight decay "
+        "(1.0) reached 98% but blurred the IOI circuit: the first phase's 8-node IOI circuit kept "
+        "0.50 of the model's logit difference, against 0.94 before consolidation and 0.76 after this one."
     ),
 }
 
@@ -49,9 +56,9 @@ HELD_OUT = (
     "that training never saw. IOI: name x template combinations; colored objects: object sets x queried "
     "object x lead-in; reasoning: item/container/city chains x premise order; induction: sequences (of lengths 3-10); "
     "greater-than: years; recall: facts seen in training asked through held-out (fact, phrasing) pairs; "
-    "mental math: held-out (operands, form, phrasing) triples - the sums themselves are memorized facts "
-    "(each operand pair is trained under another phrasing), so this measures transfer across phrasings, "
-    "not arithmetic on unseen operand pairs.")
+    "mental math: held-out (operands, form, phrasing) triples - the sums are memorized facts, and 94% of "
+    "held-out triples have their sum trained under another phrasing, so this mostly measures transfer "
+    "across phrasings (the other 6% were never trained under any phrasing).")
 
 
 def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> str:
@@ -63,7 +70,11 @@ def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> st
     lines.append("")
     lines.append(f"- parameters: {measured.get('n_params', 'n/a'):,}")
     if "step" in recipe:
-        lines.append(f"- training step: {recipe['step']} of {recipe.get('settings', {}).get('steps')}")
+        total = recipe.get("settings", {}).get("steps")
+        c = recipe.get("consolidation")
+        lines.append(f"- training steps: {recipe['step']} + {c['steps']} of consolidation (weight decay "
+                     f"{c['weight_decay']}, lr {c['lr']}, shares {c['shares']})" if c else
+                     f"- training step: {recipe['step']} of {total}")
     if "stage" in recipe:
         lines.append(f"- stage: {recipe['stage']}" + (f" (starting point: {recipe['starting_point']})"
                                                       if recipe.get("starting_point") else ""))

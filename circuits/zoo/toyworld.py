@@ -55,6 +55,18 @@ EVAL_TASKS = eval_options({t: opts for t, (_, opts) in MIXTURE.items()})
 
 MODEL = dict(n_embd=128, n_layer=4, n_head=4, n_positions=64)
 SETTINGS = dict(steps=10000, lr=2e-3, warmup=200, weight_decay=0.1)
+# Consolidation: a second, shorter phase from the final weights of the first, on the same
+# tasks with more mental math (30%; fresh rows, seed + 1000), a fresh optimizer and stronger
+# weight decay. After the first phase mental math sat at 88%: every trained sum was
+# memorized (100% on the training split) but held-out (operands, phrasing) pairs failed,
+# mostly "What is a - b ?" answered with a + b. Measured continuations (lr 1e-3 unless said;
+# held-out mental math at n = 200;
+# faithfulness of the first phase's 8-node IOI circuit, 0.94 before):
+#   weight decay 0.1, lr 5e-4, 2000 steps, mixture unchanged: 88%; IOI circuit 0.91
+#   weight decay 0.5, 3000 steps (this one):         96%; IOI circuit 0.76
+#   weight decay 1.0, 3000 steps:                    98%; IOI circuit 0.50
+#   weight decay 2.0, 2000 steps, 35% mental math:   94.5%; colored objects fell to 68%
+CONSOLIDATION = dict(steps=3000, lr=1e-3, warmup=50, weight_decay=0.5, shares={"mental_math": 0.30})
 BATCH_SIZE = 128
 MAX_ROWS = 300_000  # unique training rows; batches cycle through them
 CHECKPOINTS = [200, 500, 1000, 2000, 4000]
@@ -67,9 +79,23 @@ def make_tokenizer():
     return word_level_tokenizer(corpus.zoo_vocabulary())
 
 
-def make_corpus(tokenizer, n_total: int, seed: int) -> corpus.Sequences:
+def rebalanced(mixture: dict[str, tuple[float, dict[str, Any]]], shares: dict[str, float]
+               ) -> dict[str, tuple[float, dict[str, Any]]]:
+    """``mixture`` with the parts in ``shares`` set to those shares and the rest scaled to fill
+    the remainder (order and options kept)."""
+    unknown = sorted(set(shares) - set(mixture))
+    if unknown:
+        raise ValueError(f"rebalanced: unknown mixture parts {unknown}; the mixture has {list(mixture)}")
+    fixed = sum(shares.values())
+    rest = sum(share for task, (share, _) in mixture.items() if task not in shares)
+    return {task: (shares[task] if task in shares else share * (1 - fixed) / rest, opts)
+            for task, (share, opts) in mixture.items()}
+
+
+def make_corpus(tokenizer, n_total: int, seed: int,
+                mixture: dict[str, tuple[float, dict[str, Any]]] | None = None) -> corpus.Sequences:
     parts = []
-    for i, (task, (share, opts)) in enumerate(MIXTURE.items()):
+    for i, (task, (share, opts)) in enumerate((mixture or MIXTURE).items()):
         n = max(1, int(share * n_total))
         if task == "filler":
             parts.append(corpus.filler_sequences(tokenizer, n, seed + i))
@@ -90,9 +116,20 @@ def make_model(tokenizer, seed: int):
     return GPT2LMHeadModel(cfg)
 
 
+def consolidation(model, tokenizer, seed: int = SEED) -> list[float]:
+    """The second phase (CONSOLIDATION), in place on ``model``; returns its loss curve."""
+    c = {k: v for k, v in CONSOLIDATION.items() if k != "shares"}
+    seqs = make_corpus(tokenizer, c["steps"] * BATCH_SIZE, seed + 1000, rebalanced(MIXTURE, CONSOLIDATION["shares"]))
+    batches = corpus.batches(seqs, BATCH_SIZE, tokenizer.pad_token_id, seed + 1000, epochs=1000)
+    return train(model, batches, TrainSettings(**c), desc="toyworld consolidation")
+
+
 def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
-          save_checkpoints: bool = True) -> dict[str, Any]:
-    """Train toyworld (and its checkpoints) into ``out_dir``/toyworld[@step]."""
+          save_checkpoints: bool = True, consolidate: bool = True) -> dict[str, Any]:
+    """Train toyworld (and its checkpoints) into ``out_dir``/toyworld[@step].
+
+    ``steps`` shortens the first phase (quick experiments); ``consolidate=False`` skips the
+    second (CONSOLIDATION)."""
     from circuits.zoo.save import save_zoo_model
 
     torch.manual_seed(seed)
@@ -112,7 +149,12 @@ def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
 
     batches = corpus.batches(seqs, BATCH_SIZE, tok.pad_token_id, seed, epochs=1000)
     losses = train(model, batches, s, on_checkpoint=on_ckpt, desc="toyworld")
-    recipe["train_seconds"] = round(model.train_seconds, 1)
+    seconds = model.train_seconds
+    if consolidate:
+        losses = consolidation(model, tok, seed)
+        seconds += model.train_seconds
+        recipe["consolidation"] = CONSOLIDATION
+    recipe["train_seconds"] = round(seconds, 1)
     recipe["final_loss"] = round(sum(losses[-50:]) / 50, 4)
     save_zoo_model(model, tok, Path(out_dir) / "toyworld", {**recipe, "step": s.steps})
     return recipe
