@@ -70,11 +70,12 @@ def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> st
     lines.append("")
     lines.append(f"- parameters: {measured.get('n_params', 'n/a'):,}")
     if "step" in recipe:
-        total = recipe.get("settings", {}).get("steps")
         c = recipe.get("consolidation")
-        lines.append(f"- training steps: {recipe['step']} + {c['steps']} of consolidation (weight decay "
-                     f"{c['weight_decay']}, lr {c['lr']}, shares {c['shares']})" if c else
-                     f"- training step: {recipe['step']} of {total}")
+        if c:
+            lines.append(f"- training steps: {recipe['step']} + {c['steps']} of consolidation (weight decay "
+                         f"{c['weight_decay']}, lr {c['lr']}, shares {c['shares']})")
+        else:
+            lines.append(f"- training step: {recipe['step']} of {recipe.get('settings', {}).get('steps')}")
     if "stage" in recipe:
         lines.append(f"- stage: {recipe['stage']}" + (f" (starting point: {recipe['starting_point']})"
                                                       if recipe.get("starting_point") else ""))
