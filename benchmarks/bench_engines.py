@@ -64,6 +64,51 @@ def timed(fn, repeat: int = 1):
     return fn_out, best
 
 
+def matmul_gflops(seconds: float = 1.0) -> float:
+    """This machine's float32 matmul rate (GFLOP/s) on block-sized products, measured now."""
+    a, b = torch.randn(1536, 768), torch.randn(768, 3072)
+    a @ b
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        n += 1
+    return 2 * 1536 * 768 * 3072 * n / (time.perf_counter() - t) / 1e9
+
+
+def head_patching_gflop(shapes: dict, batch: int, length: int, first_diff: int) -> dict[str, float]:
+    """Matmul work (GFLOP) of head-output patching at all positions, three ways.
+
+    A block costs 24 d^2 per token (projections 8 d^2, MLP 16 d^2) plus 4 P d
+    (attention scores and mixing); the unembedding 2 d V per token.
+
+    - ``tl``: transformer-lens, one full forward pass per head, every position unembedded.
+    - ``ours``: blocks l..L-1 recomputed on every token for a head of layer l, the
+      last block's MLP at END only, two answer logits at END; plus the clean and
+      corrupted runs that record the caches.
+    - ``lower_bound``: what any exact method must still do, granting every saving
+      we know of: tokens before ``first_diff`` (the first position where clean and
+      corrupted differ) never change; in layer l only the MLP's output projection
+      (its input change is the head's rank-d_head write, cheap through the layer
+      norm); later blocks in full on the changed tokens; the last block only its
+      keys and values there, the rest at END; no unembedding.
+    """
+    d, n_layer, n_head, vocab = shapes["n_embd"], shapes["n_layer"], shapes["n_head"], shapes["vocab_size"]
+    tokens, changed = batch * length, batch * (length - first_diff)
+    block = (24 * d * d + 4 * length * d) * tokens
+    tl = n_layer * n_head * (n_layer * block + 2 * d * vocab * tokens)
+    restarts = n_head * sum(n_layer - layer for layer in range(n_layer))
+    last_mlp_saved = 16 * d * d * (tokens - batch)
+    ours = (restarts + 2 * n_layer) * block - (n_layer * n_head + 2) * (last_mlp_saved - 2 * d * 2 * batch)
+    bound = 0
+    for layer in range(n_layer):
+        if layer == n_layer - 1:
+            bound += 8 * d * d * batch
+        else:
+            middle = n_layer - 2 - layer
+            bound += (8 + 24 * middle + 4) * d * d * changed + 20 * d * d * batch
+    return {"tl": tl / 1e9, "ours": ours / 1e9, "lower_bound": n_head * bound / 1e9}
+
+
 def bench_head_patching(model, ps, metric_tl):
     import transformer_lens.patching as tlp
 
@@ -73,8 +118,16 @@ def bench_head_patching(model, ps, metric_tl):
     ref, t_tl = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(model, ps.corrupted, cache, metric_tl))
     ours, t_ours = timed(lambda: activation_patching(model, ps, "z", progress=False))
     diff = float((ours.values - ref.cpu()).abs().max())
+    shapes = {k: getattr(model.cfg, k2) for k, k2 in
+              (("n_embd", "d_model"), ("n_layer", "n_layers"), ("n_head", "n_heads"), ("vocab_size", "d_vocab"))}
+    first_diff = int((ps.clean != ps.corrupted).any(0).nonzero()[0])
+    work = head_patching_gflop(shapes, *ps.clean.shape, first_diff)
+    peak = matmul_gflops()
     return {"tl_seconds": t_tl, "ours_seconds": t_ours, "ratio": t_tl / t_ours, "max_abs_diff": diff,
-            "target_ratio": 20}
+            "target_ratio": 20, "tl_gflop": work["tl"], "ours_gflop": work["ours"],
+            "exact_lower_bound_gflop": work["lower_bound"], "tl_gflop_per_s": work["tl"] / t_tl,
+            "ours_gflop_per_s": work["ours"] / t_ours, "matmul_peak_gflop_per_s": peak,
+            "best_exact_ratio_at_peak": t_tl / (work["lower_bound"] / peak)}
 
 
 def bench_faithfulness(model, ps, metric_one):
@@ -169,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path patching, 1 receiver':30s} {pp['tl_seconds_extrapolated']:15.2f}s* {pp['ours_seconds']:9.2f}s "
           f"{pp['ratio']:7.1f}x {20:6d}x")
     print("* transformer-lens time scaled from measured forward passes (see the module docstring)")
+    print(f"head patching work: transformer-lens {hp['tl_gflop']:.0f} GFLOP at {hp['tl_gflop_per_s']:.0f} GFLOP/s, "
+          f"ours {hp['ours_gflop']:.0f} GFLOP at {hp['ours_gflop_per_s']:.0f} GFLOP/s; any exact method "
+          f">= {hp['exact_lower_bound_gflop']:.0f} GFLOP, so at this machine's matmul peak "
+          f"({hp['matmul_peak_gflop_per_s']:.0f} GFLOP/s) none beats {hp['best_exact_ratio_at_peak']:.1f}x")
     print(f"wrote {args.out}")
     return 0
 
