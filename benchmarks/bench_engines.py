@@ -82,8 +82,9 @@ def head_patching_gflop(shapes: dict, batch: int, length: int, first_diff: int) 
     (attention scores and mixing); the unembedding 2 d V per token.
 
     - ``tl``: transformer-lens, one full forward pass per head, every position unembedded.
-    - ``ours``: blocks l..L-1 recomputed on every token for a head of layer l, the
-      last block's MLP at END only, two answer logits at END; plus the clean and
+    - ``ours``: blocks l..L-1 recomputed for a head of layer l on the tokens from
+      ``first_diff`` on (earlier ones read from the base run's KV cache), the last
+      block's MLP at END only, two answer logits at END; plus the clean and
       corrupted runs that record the caches.
     - ``lower_bound``: what any exact method must still do, granting every saving
       we know of: tokens before ``first_diff`` (the first position where clean and
@@ -97,8 +98,9 @@ def head_patching_gflop(shapes: dict, batch: int, length: int, first_diff: int) 
     block = (24 * d * d + 4 * length * d) * tokens
     tl = n_layer * n_head * (n_layer * block + 2 * d * vocab * tokens)
     restarts = n_head * sum(n_layer - layer for layer in range(n_layer))
-    last_mlp_saved = 16 * d * d * (tokens - batch)
-    ours = (restarts + 2 * n_layer) * block - (n_layer * n_head + 2) * (last_mlp_saved - 2 * d * 2 * batch)
+    suffix_block = (24 * d * d + 4 * length * d) * changed
+    ours = (restarts * suffix_block - n_layer * n_head * (16 * d * d * (changed - batch) - 2 * d * 2 * batch)
+            + 2 * n_layer * block - 2 * (16 * d * d * (tokens - batch) - 2 * d * 2 * batch))
     bound = 0
     for layer in range(n_layer):
         if layer == n_layer - 1:

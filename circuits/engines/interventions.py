@@ -61,12 +61,15 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
                  variants: Sequence[Sequence[Edit]], memory_budget: int | None = None,
                  progress: bool | str = False, extra_hooks: Sequence[runner.Hook] = (),
                  schedules: Sequence[Any] | None = None, ps: Any = None, bos: bool = True,
-                 replay: runner.BlockReplay | None = None) -> Float[Tensor, "variant batch vocab"]:
+                 replay: runner.BlockReplay | None = None, skip: int = 0) -> Float[Tensor, "variant batch vocab"]:
     """END logits of every variant: [n_variants, batch, vocab].
 
     ``extra_hooks`` apply to every row. ``schedules`` (one attention-peeking
     schedule per variant, see circuits.engines.peeking; needs ``ps``) restrict
     attention variant by variant. ``replay``: a BlockReplay of ``tokens`` the caller already has.
+    ``skip``: the caller's guarantee that no edit changes anything at positions
+    ``< skip`` (their values there equal the base run's); those positions are
+    then not recomputed where the model allows it (BlockReplay).
     """
     if schedules is not None and len(schedules) != len(variants):
         raise ValueError("schedules must give one peeking schedule per variant")
@@ -74,8 +77,10 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
     per = max(1, runner.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
     starts = [_start_layer(v, None if schedules is None else schedules[i]) for i, v in enumerate(variants)]
     order = sorted(range(len(variants)), key=lambda i: -starts[i])  # chunks of similar start layers
-    if replay is None and any(st > 0 for st in starts):
+    if replay is None and (skip or any(st > 0 for st in starts)):
         replay = runner.BlockReplay(model, tokens, end)
+    if not (skip and replay is not None and not extra_hooks and schedules is None and replay.supports_skip(skip)):
+        skip = 0
     out: list[Tensor | None] = [None] * len(variants)
     groups: list[list[int]] = []  # chunks never mix start layers: a chunk restarts at its own layer
     for i in order:
@@ -86,19 +91,31 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
     for ids in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
         chunk = [variants[i] for i in ids]
         n = len(chunk)
-        hooks = [*extra_hooks, *_hooks_for(chunk, b)]
+        hooks = [*extra_hooks, *_hooks_for([[_suffix_edit(e, skip) for e in v] for v in chunk] if skip else chunk, b)]
         if schedules is not None:
             from circuits.engines.peeking import peeking_hooks
 
             hooks += peeking_hooks(model, ps, [schedules[i] for i in ids], bos)
         start = 0 if extra_hooks or replay is None else min(starts[i] for i in ids)
-        if start > 0:
-            logits = replay.end_logits_from(start, n, hooks)
+        if start > 0 or skip:
+            logits = replay.end_logits_from(start, n, hooks, skip=skip)
         else:
             logits = runner.end_logits(model, runner.tile(tokens, n), runner.tile(end, n), hooks)
         for t, i in enumerate(ids):
             out[i] = logits[t * b:(t + 1) * b]
     return torch.stack(out) if out else torch.empty(0, b, 0)
+
+
+def _suffix_edit(e: Edit, skip: int) -> Edit:
+    """``e`` as hooks see it when positions ``< skip`` are not run (those cells dropped)."""
+    idx = [slice(None)] * e.value.ndim
+    idx[e.site.pos_dim] = slice(skip, None)
+    pos = e.pos
+    if pos is not None and pos.dtype == torch.bool:
+        pos = pos[:, skip:]
+    elif pos is not None:
+        pos = torch.where(pos >= skip, pos - skip, torch.full_like(pos, -1))
+    return Edit(e.site, e.layer, e.value[tuple(idx)], e.head, pos)
 
 
 def _start_layer(variant: Sequence[Edit], schedule: Any) -> int:

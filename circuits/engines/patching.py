@@ -4,6 +4,9 @@ Denoising runs the corrupted prompts and patches in clean activations (is this
 component *sufficient* to restore the behaviour?); noising runs the clean prompts
 and patches in corrupted activations (is it *necessary*?). The clean and
 corrupted caches are computed once; all interventions share tiled forward passes.
+Positions before the first clean/corrupted difference are the same in both runs,
+so they are not recomputed: the restarted blocks read their keys and values from
+the base run's KV cache (exact; colored-objects prompts share 26 of 30 positions).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from circuits.engines import runner
 from circuits.engines.common import (
@@ -27,6 +32,17 @@ from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.scores import Scores
 from circuits.engines.sites import check_head, check_layer, get_site, hook_name, n_heads_at
 from circuits.prompts import PromptSet
+
+
+def shared_prefix(base: Int[Tensor, "batch pos"], source: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"]) -> int:
+    """How many leading positions every prompt pair shares (at most the earliest END).
+
+    A causal model computes the same activations there in both runs, so patching
+    one run's into the other changes nothing before this position.
+    """
+    differs = (base != source).any(0).nonzero()
+    first = int(differs[0]) if len(differs) else base.shape[1]
+    return min(first, int(end.min()))
 
 
 @torch.no_grad()
@@ -79,7 +95,7 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
                     cells.append((layer, p_i, head))
                     variants.append([Edit(s, layer, value, head, pos)])
         logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}",
-                              replay=replay)
+                              replay=replay, skip=shared_prefix(base, source, end))
         per = torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits])  # [cells, b]
 
         axes = ["layer"] + (["pos"] if positions is not None else []) + (["head"] if s.head_dim is not None else [])

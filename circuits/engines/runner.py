@@ -190,9 +190,41 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def _is_cache(x: Any) -> bool:
+    return type(x).__name__.endswith("Cache")
+
+
+class _NoSuffix(Exception):
+    """A block argument with a sequence axis this module does not know how to cut."""
+
+
+def _suffix_arg(name: str | None, x: Any, skip: int, length: int) -> Any:
+    """A block argument as the query positions ``skip..length-1`` alone need it.
+
+    Positions and rotary tables are cut to the suffix; 4-D attention masks keep
+    every key column and lose the first ``skip`` query rows; 2-D (padding) masks
+    index keys only and stay. Anything else with a sequence axis raises _NoSuffix.
+    """
+    if isinstance(x, tuple):
+        if name == "position_embeddings":
+            return tuple(t[..., skip:, :] for t in x)
+        return tuple(_suffix_arg(None, v, skip, length) for v in x)
+    if not isinstance(x, Tensor) or _is_cache(x):
+        return x
+    if name in ("position_ids", "cache_position"):
+        return x[..., skip:]
+    if x.ndim == 4 and x.shape[-2] == length and name in ("attention_mask", None):
+        return x[..., skip:, :]
+    if name == "attention_mask" and x.ndim == 2:
+        return x
+    if length in x.shape:
+        raise _NoSuffix(name)
+    return x
+
+
 def _tile_any(x: Any, b: int, n: int) -> Any:
     """Tile tensors whose leading axis is the batch (size b); drop KV caches; leave everything else."""
-    if type(x).__name__.endswith("Cache"):
+    if _is_cache(x):
         return None  # a replayed block must not read or extend the base run's KV cache
     if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == b and (b > 1 or x.ndim >= 2):
         return tile(x, n)
@@ -202,6 +234,7 @@ def _tile_any(x: Any, b: int, n: int) -> Any:
 
 
 _REPLAY_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> replay verified
+_SUFFIX_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> suffix replay verified
 
 
 class BlockReplay:
@@ -214,6 +247,12 @@ class BlockReplay:
     before ``layer`` would have seen the unmodified base run anyway. If replaying
     does not reproduce the base logits (an architecture whose blocks need more
     than their call arguments), it falls back to full forward passes.
+
+    ``skip=k`` runs only positions ``k..`` and gives the blocks the base run's
+    keys and values of positions ``< k`` (its KV cache): exact when no hook
+    changes anything before position ``k``, which the caller guarantees (hooks
+    then see activations of positions ``k..`` only). Checked once per model;
+    where it does not reproduce the base logits, ``skip`` is ignored.
     """
 
     def __init__(self, model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
@@ -238,6 +277,46 @@ class BlockReplay:
         if self.ok and model not in _REPLAY_OK:  # verified once per model object
             _REPLAY_OK[model] = self._replay_matches()
         self.ok = self.ok and _REPLAY_OK.get(model, False)
+        caches = [x for x in (*self.calls[0][0], *self.calls[0][1].values()) if _is_cache(x)] if self.ok else []
+        self._cache = caches[0] if caches else None
+        if self._cache is not None and model not in _SUFFIX_OK and int(self.end.min()) >= 2:
+            _SUFFIX_OK[model] = self._suffix_matches()  # checked on the first base run long enough to cut
+        self.suffix_ok = self._cache is not None and _SUFFIX_OK.get(model, False)
+
+    def _suffix_matches(self) -> bool:
+        skip = int(self.end.min()) // 2
+        try:
+            starts = sorted({0, len(self.model.blocks) // 2})
+            return all(torch.allclose(self._run(s, 1, (), skip=skip), self.base_logits, atol=1e-4, rtol=1e-4)
+                       for s in starts)
+        except Exception:  # a block or cache layout this replay cannot cut
+            return False
+
+    def supports_skip(self, skip: int) -> bool:
+        """Can ``end_logits_from(..., skip=skip)`` run positions ``skip..`` alone on this base run?"""
+        if not (self.suffix_ok and 0 < skip <= int(self.end.min())):
+            return False
+        length = self.tokens.shape[1]
+        try:
+            self._prefix_cache(skip, 1)
+            for args, kwargs in self.calls:
+                for name, x in [*((None, a) for a in args[1:]), *kwargs.items()]:
+                    _suffix_arg(name, x, skip, length)
+        except _NoSuffix:
+            return False
+        return True
+
+    def _prefix_cache(self, skip: int, n: int) -> Any:
+        """A fresh KV cache holding the base run's keys/values of positions < skip, tiled n times."""
+        from transformers import DynamicCache
+
+        length = self.tokens.shape[1]
+        cache = DynamicCache()
+        for i, layer in enumerate(self._cache.layers):
+            if layer.keys is None or layer.keys.shape[-2] != length:
+                raise _NoSuffix(f"KV cache layer {i}")
+            cache.update(tile(layer.keys[:, :, :skip], n), tile(layer.values[:, :, :skip], n), i)
+        return cache
 
     def _replay_matches(self) -> bool:
         try:
@@ -246,30 +325,46 @@ class BlockReplay:
             return False
         return bool(torch.allclose(again, self.base_logits, atol=1e-4, rtol=1e-4))
 
-    def _run(self, layer: int, n: int, fwd_hooks: Sequence[Hook], hidden: Tensor | None = None) -> Tensor:
-        b = self.tokens.shape[0]
+    def _run(self, layer: int, n: int, fwd_hooks: Sequence[Hook], hidden: Tensor | None = None,
+             skip: int = 0) -> Tensor:
+        b, length = self.tokens.shape
         if hidden is None:
             args0, _ = self.calls[layer]
-            h = tile(args0[0] if args0 else self.calls[layer][1]["hidden_states"], n)
+            h = tile((args0[0] if args0 else self.calls[layer][1]["hidden_states"])[:, skip:], n)
         else:
             h = hidden
-        with self.model.hooks(fwd_hooks=list(fwd_hooks)), end_only_last_mlp(self.model, tile(self.end, n), fwd_hooks):
+        cache = self._prefix_cache(skip, n) if skip else None
+        end = tile(self.end, n) - skip
+
+        def prepare(name: str | None, x: Any) -> Any:
+            if skip and _is_cache(x):
+                return cache
+            return _tile_any(_suffix_arg(name, x, skip, length) if skip else x, b, n)
+
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)), end_only_last_mlp(self.model, end, fwd_hooks):
             for i in range(layer, len(self.model.blocks)):
                 args, kwargs = self.calls[i]
-                kw = {k: _tile_any(v, b, n) for k, v in kwargs.items() if k != "hidden_states"}
+                kw = {k: prepare(k, v) for k, v in kwargs.items() if k != "hidden_states"}
                 if "use_cache" in kw:
-                    kw["use_cache"] = False
-                rest = tuple(_tile_any(a, b, n) for a in args[1:])
+                    kw["use_cache"] = bool(skip)
+                rest = tuple(prepare(None, a) for a in args[1:])
                 if args:
                     out = self.model.blocks[i](h, *rest, **kw)
                 else:
                     out = self.model.blocks[i](hidden_states=h, **kw)
                 h = out[0] if isinstance(out, tuple) else out
         rows = torch.arange(h.shape[0], device=h.device)
-        return unembed(self.model, h[rows, tile(self.end, n).to(h.device)])
+        return unembed(self.model, h[rows, end.to(h.device)])
 
-    def end_logits_from(self, layer: int, n: int, fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "rows vocab"]:
-        """END logits [n*b, vocab] of ``n`` tiled copies of the base run, restarted at ``layer``."""
+    def end_logits_from(self, layer: int, n: int, fwd_hooks: Sequence[Hook] = (),
+                        skip: int = 0) -> Float[Tensor, "rows vocab"]:
+        """END logits [n*b, vocab] of ``n`` tiled copies of the base run, restarted at ``layer``.
+
+        ``skip`` (see the class docstring) is used only where ``supports_skip(skip)``;
+        callers check that to know which shapes their hooks will see.
+        """
+        if skip and self.supports_skip(skip):
+            return self._run(max(layer, 0), n, fwd_hooks, skip=skip)
         if not self.ok or layer <= 0:
             return end_logits(self.model, tile(self.tokens, n), tile(self.end, n), fwd_hooks)
         return self._run(layer, n, fwd_hooks)
