@@ -282,6 +282,7 @@ class BlockReplay:
         if self._cache is not None and model not in _SUFFIX_OK and int(self.end.min()) >= 2:
             _SUFFIX_OK[model] = self._suffix_matches()  # checked on the first base run long enough to cut
         self.suffix_ok = self._cache is not None and _SUFFIX_OK.get(model, False)
+        self._skip_ok: dict[int, bool] = {}
 
     def _suffix_matches(self) -> bool:
         skip = int(self.end.min()) // 2
@@ -296,15 +297,17 @@ class BlockReplay:
         """Can ``end_logits_from(..., skip=skip)`` run positions ``skip..`` alone on this base run?"""
         if not (self.suffix_ok and 0 < skip <= int(self.end.min())):
             return False
-        length = self.tokens.shape[1]
-        try:
-            self._prefix_cache(skip, 1)
-            for args, kwargs in self.calls:
-                for name, x in [*((None, a) for a in args[1:]), *kwargs.items()]:
-                    _suffix_arg(name, x, skip, length)
-        except _NoSuffix:
-            return False
-        return True
+        if skip not in self._skip_ok:
+            length = self.tokens.shape[1]
+            try:
+                self._prefix_cache(skip, 1)
+                for args, kwargs in self.calls:
+                    for name, x in [*((None, a) for a in args[1:]), *kwargs.items()]:
+                        _suffix_arg(name, x, skip, length)
+                self._skip_ok[skip] = True
+            except _NoSuffix:
+                self._skip_ok[skip] = False
+        return self._skip_ok[skip]
 
     def _prefix_cache(self, skip: int, n: int) -> Any:
         """A fresh KV cache holding the base run's keys/values of positions < skip, tiled n times."""
