@@ -99,8 +99,12 @@ def head_patching_gflop(shapes: dict, batch: int, length: int, first_diff: int) 
     tl = n_layer * n_head * (n_layer * block + 2 * d * vocab * tokens)
     restarts = n_head * sum(n_layer - layer for layer in range(n_layer))
     suffix_block = (24 * d * d + 4 * length * d) * changed
-    ours = (restarts * suffix_block - n_layer * n_head * (16 * d * d * (changed - batch) - 2 * d * 2 * batch)
-            + 2 * n_layer * block - 2 * (16 * d * d * (tokens - batch) - 2 * d * 2 * batch))
+
+    def end_only_saving(rows: int) -> int:  # last MLP at END only, two answer logits unembedded
+        return 16 * d * d * (rows - batch) - 2 * d * 2 * batch
+
+    ours = (restarts * suffix_block - n_layer * n_head * end_only_saving(changed)
+            + 2 * (n_layer * block - end_only_saving(tokens)))
     bound = 0
     for layer in range(n_layer):
         if layer == n_layer - 1:
@@ -114,7 +118,7 @@ def head_patching_gflop(shapes: dict, batch: int, length: int, first_diff: int) 
 def bench_head_patching(model, ps, metric_tl):
     import transformer_lens.patching as tlp
 
-    from circuits.engines.patching import activation_patching
+    from circuits.engines.patching import activation_patching, shared_prefix
 
     _, cache = model.run_with_cache(ps.clean)
     ref, t_tl = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(model, ps.corrupted, cache, metric_tl))
@@ -122,7 +126,7 @@ def bench_head_patching(model, ps, metric_tl):
     diff = float((ours.values - ref.cpu()).abs().max())
     shapes = {k: getattr(model.cfg, k2) for k, k2 in
               (("n_embd", "d_model"), ("n_layer", "n_layers"), ("n_head", "n_heads"), ("vocab_size", "d_vocab"))}
-    first_diff = int((ps.clean != ps.corrupted).any(0).nonzero()[0])
+    first_diff = shared_prefix(ps.clean, ps.corrupted, ps.positions["END"])
     work = head_patching_gflop(shapes, *ps.clean.shape, first_diff)
     peak = matmul_gflops()
     return {"tl_seconds": t_tl, "ours_seconds": t_ours, "ratio": t_tl / t_ours, "max_abs_diff": diff,

@@ -29,10 +29,10 @@ def test_work_model_counts_what_both_systems_run(small):
     import transformer_lens.patching as tlp
 
     from circuits import metrics
-    from circuits.engines.patching import activation_patching
+    from circuits.engines.patching import activation_patching, shared_prefix
 
     model, ps = small
-    first_diff = int((ps.clean != ps.corrupted).any(0).nonzero()[0])
+    first_diff = shared_prefix(ps.clean, ps.corrupted, ps.positions["END"])
     work = bench_engines.head_patching_gflop(SMALL, *ps.clean.shape, first_diff)
     _, cache = model.run_with_cache(ps.clean)
     tl = counted_gflop(lambda: tlp.get_act_patch_attn_head_out_all_pos(
