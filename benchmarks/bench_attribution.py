@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from circuits import metrics
+    from circuits.engines import fastpaths
     from circuits.engines.attribution import attribute_edges
     from circuits.engines.mib import faithfulness_curve
     from circuits.io import atomic_write_json
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     out["mib_curve"] = {"seconds": t_curve, "forward_seconds": t_fwd, "fractions": len(curve["percentages"]),
                         "forward_equivalents_per_fraction": per_fraction, "target_max": 10,
                         "cpr": curve["cpr"], "cmd": curve["cmd"]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    out["fast_paths"] = fastpaths.report(model)
     atomic_write_json(args.out, out)
+    print(f"fast paths: {fastpaths.summary(model)}")
     print(json.dumps({k: v for k, v in out.items() if isinstance(v, dict)}, indent=1))
     print(f"\n{'benchmark':34s} {'value':>10s} {'target':>10s}")
     print(f"{'EAP speed-up over transformer-lens':34s} {t_tl / t_eap:9.1f}x {'>= 2x':>10s}")

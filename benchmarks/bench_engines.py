@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 
@@ -200,6 +199,7 @@ def setup(argv: list[str] | None, description: str, default_out: str):
 
 def main(argv: list[str] | None = None) -> int:
     from circuits import metrics
+    from circuits.engines import fastpaths
     from circuits.io import atomic_write_json
 
     args, shapes, model, ps = setup(argv, __doc__.splitlines()[0], "results/bench/engines.json")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r.get("ratio", r.get("ratio_per_pair"))
         print(f"[bench] {name}: ratio {ratio:.1f}x (target {r['target_ratio']}x) "
               f"{json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    out["fast_paths"] = fastpaths.report(model)
     atomic_write_json(args.out, out)
     print(f"\n{'benchmark':30s} {'transformer-lens':>17s} {'ours':>10s} {'ratio':>8s} {'target':>7s}")
     hp, fa, pp = out["head_patching_all_pos"], out["faithfulness"], out["path_patching_one_receiver"]
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path patching, 1 receiver':30s} {pp['tl_seconds_extrapolated']:15.2f}s* {pp['ours_seconds']:9.2f}s "
           f"{pp['ratio']:7.1f}x {20:6d}x")
     print("* transformer-lens time scaled from measured forward passes (see the module docstring)")
+    print(f"fast paths: {fastpaths.summary(model)}")
     print(f"head patching work: transformer-lens {hp['tl_gflop']:.0f} GFLOP at {hp['tl_gflop_per_s']:.0f} GFLOP/s, "
           f"ours {hp['ours_gflop']:.0f} GFLOP at {hp['ours_gflop_per_s']:.0f} GFLOP/s; any exact method "
           f">= {hp['exact_lower_bound_gflop']:.0f} GFLOP, so at this machine's matmul peak "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from circuits import NUMERICS
+from circuits import NUMERICS, compat
 
 
 class ModelLoadError(RuntimeError):
@@ -169,6 +169,7 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
         raise ModelLoadError(f"could not load {spec!r} from {location!r}: {e}") from e
     model.eval()
     model.circuits_spec = str(spec)  # type: ignore[attr-defined]
+    compat.ensure_kv_cache(model)  # cached forwards (sampling, prefix skipping) must see the prefix
     return model
 
 
@@ -188,4 +189,5 @@ def model_info(model: Any) -> dict[str, Any]:
         "d_vocab": int(cfg.d_vocab),
         "dtype": str(first.dtype).replace("torch.", ""),
         "device": str(first.device),
+        "kv_cache": compat.kv_cache_status(model),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.engines import runner
+from circuits.engines import fastpaths, runner
 from tests.conftest import ARCHS
 
 
@@ -21,7 +21,7 @@ def test_end_logits_match_full_forward(arch, loaded_models):
     with torch.no_grad():
         full = model(ps.clean, return_type="logits")[torch.arange(len(ps)), end]
         ours = runner.end_logits(model, ps.clean, end)
-    assert runner._END_MLP_OK.get(model) is True, "END-only last MLP was not verified on this architecture"
+    assert fastpaths.report(model)["end_only_last_mlp"]["on"] is True, fastpaths.report(model)
     torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
     # replayed from a middle layer, tiled twice: the same numbers
     replay = runner.BlockReplay(model, ps.clean, end)
@@ -52,9 +52,9 @@ def test_first_replay_on_a_fresh_model_records_each_block_once(loaded_models):
     from circuits.tasks import build_task
 
     model = loaded_models("llama")
-    runner._END_MLP_OK.pop(model, None)
-    runner._REPLAY_OK.pop(model, None)
+    fastpaths.forget(model)
     ps = build_task("ioi", model.tokenizer, n=3, seed=1)
     replay = runner.BlockReplay(model, ps.clean, ps.positions["END"])
     assert len(replay.calls) == model.cfg.n_layers
-    assert replay.ok and runner._REPLAY_OK[model] is True and runner._END_MLP_OK[model] is True
+    record = fastpaths.report(model)
+    assert replay.ok and record["block_replay"]["on"] is True and record["end_only_last_mlp"]["on"] is True

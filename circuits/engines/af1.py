@@ -24,7 +24,7 @@ from torch import Tensor
 
 from circuits import metrics
 from circuits.engines.ablation import Ablation, ablation_values
-from circuits.engines.common import Metric, evaluate_metric, model_name, resolve_metric
+from circuits.engines.common import Metric, evaluate_metric, model_settings, resolve_metric
 from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.sites import SITES, hook_name
 from circuits.prompts import PromptSet
@@ -137,7 +137,7 @@ def all_for_one(model: Any, ps: PromptSet, *, reference: PromptSet | None = None
         wait, transfer, acc_full, float(acc2[i_t]), float(acc2[i_t]) / acc_full, m_full, m_af1, m_empty,
         (m_af1 - m_empty) / den if den else float("nan"), stage1, stage2,
         [list(p) for p in pruned], kept, acc_pruned,
-        {"engine": "all_for_one", "tau": tau, "metric": metric_name, "bos": bos, "model": model_name(model),
+        {"engine": "all_for_one", "tau": tau, "metric": metric_name, "bos": bos, **model_settings(model),
          "n_prompts": len(ps), "reference": "prompts" if reference is None else f"{len(reference)} prompts"})
 
 

@@ -36,7 +36,7 @@ from circuits.engines.common import (
     Metric,
     answer_vocab,
     evaluate_metric,
-    model_name,
+    model_settings,
     resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
@@ -257,7 +257,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     return EdgeScores(graph, pos.sum(0).cpu(), pos.cpu() if per_position else None,
                       {"engine": "edge_attribution", "method": method, "steps": n_points,
                        "metric": metric_name, "direction": "clean - corrupted, gradient on the clean path",
-                       "model": model_name(model), "n_prompts": len(ps), "n_edges": graph.n_edges,
+                       **model_settings(model), "n_prompts": len(ps), "n_edges": graph.n_edges,
                        "norm_pullback_error": worst, "provenance": ps.provenance})
 
 
@@ -287,7 +287,7 @@ def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_
                          for layer in range(n_layers)]) / len(ps)
     mlps = torch.stack([((clean[f"blocks.{layer}.hook_mlp_out"] - corr[f"blocks.{layer}.hook_mlp_out"])
                          * g["mlp_out"][layer]).sum() for layer in range(n_layers)]) / len(ps)
-    settings = {"engine": "node_attribution", "metric": metric_name, "model": model_name(model),
+    settings = {"engine": "node_attribution", "metric": metric_name, **model_settings(model),
                 "n_prompts": len(ps), "direction": "clean - corrupted"}
     labels = {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(n_heads)]}
     return {"heads": Scores(heads.detach().cpu(), ("layer", "head"), None, labels, {}, settings),

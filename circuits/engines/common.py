@@ -79,3 +79,10 @@ def position_specs(ps: PromptSet, positions: None | str | Sequence[str]) -> tupl
 
 def model_name(model: Any) -> str:
     return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
+
+
+def model_settings(model: Any) -> dict[str, Any]:
+    """What every result's settings say about the model: its name and the fast paths in use."""
+    from circuits.engines import fastpaths
+
+    return {"model": model_name(model), "fast_paths": fastpaths.report(model)}

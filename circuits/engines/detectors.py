@@ -24,7 +24,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from circuits.engines import runner
-from circuits.engines.common import model_name
+from circuits.engines.common import model_settings
 from circuits.engines.scores import Scores
 from circuits.prompts import PromptSet
 
@@ -33,7 +33,7 @@ def _scores(values: Tensor, model: Any, what: str, **settings: Any) -> Scores:
     n_layers, n_heads = values.shape
     return Scores(values, ("layer", "head"), None,
                   {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(n_heads)]},
-                  {}, {"engine": "detector", "detector": what, "model": model_name(model), **settings})
+                  {}, {"engine": "detector", "detector": what, **model_settings(model), **settings})
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from circuits.engines.common import (
     Metric,
     answer_vocab,
     evaluate_metric,
-    model_name,
+    model_settings,
     resolve_metric,
 )
 from circuits.engines.interventions import run_variants
@@ -139,7 +139,7 @@ def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe:
                      "complement": comp.tolist()},
         settings={"engine": "faithfulness", "circuit": [n.name for n in circ], "universe": universe
                   if isinstance(universe, str) else [n.name for n in uni], "ablation": ablation.describe(),
-                  "metric": metric_name, "model": model_name(model), "n_prompts": len(ps)})
+                  "metric": metric_name, **model_settings(model), "n_prompts": len(ps)})
 
 
 def _subsets(nodes: list[Node], n: int, rng: random.Random) -> list[list[Node]]:

@@ -24,7 +24,7 @@ from circuits.engines.common import (
     answer_vocab,
     base_and_source,
     evaluate_metric,
-    model_name,
+    model_settings,
     position_specs,
     resolve_metric,
 )
@@ -94,8 +94,9 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
                 for head in head_ids:
                     cells.append((layer, p_i, head))
                     variants.append([Edit(s, layer, value, head, pos)])
+        skip = shared_prefix(base, source, end)
         logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}",
-                              replay=replay, skip=shared_prefix(base, source, end))
+                              replay=replay, skip=skip)
         per = torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits])  # [cells, b]
 
         axes = ["layer"] + (["pos"] if positions is not None else []) + (["head"] if s.head_dim is not None else [])
@@ -112,4 +113,5 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
                        "corrupted": float(evaluate_metric(fn, corrupted_logits, ps_m).mean())},
                       {"engine": "activation_patching", "site": site, "direction": direction, "metric": metric_name,
                        "positions": positions if positions is None or isinstance(positions, str) else list(positions),
-                       "model": model_name(model), "n_prompts": len(ps), "provenance": ps.provenance})
+                       **model_settings(model), "n_prompts": len(ps), "provenance": ps.provenance,
+                       "positions_not_recomputed": skip if skip and replay.supports_skip(skip) else 0})

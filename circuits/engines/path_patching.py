@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from circuits.engines import runner
+from circuits.engines import fastpaths, runner
 from circuits.engines.common import (
     Metric,
     answer_vocab,
     evaluate_metric,
-    model_name,
+    model_settings,
     resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
@@ -123,9 +123,11 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         recv_layers = recv_layers if len(recv_layers) == 1 else None
         if freeze_mlps and recv_layers:
             names = _one_layer_store_names(recv_layers[0])
-            if all(nm in model.hook_dict for nm in names):  # no resid_mid: parallel attention and MLP
+            if all(nm in model.hook_dict for nm in names):
                 extra = sorted(set(extra) | set(names))
             else:
+                fastpaths.record(model, "path_one_layer_receivers", False,
+                                 "the model has no hook_resid_mid (attention and MLP in parallel)")
                 recv_layers = None
         # the base run records what each block received, so later passes can restart at any layer
         replay = runner.BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
@@ -148,9 +150,16 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             if not groups or len(groups[-1]) >= per_chunk or groups[-1][0].layer != snd_i.layer:
                 groups.append([])
             groups[-1].append(snd_i)
-        fast = freeze_mlps and _direct_inputs_check(model, base_store, heads_recv)
+        fast = False
+        if freeze_mlps:
+            fast, why = _direct_inputs_check(model, base_store, heads_recv)
+            fastpaths.record(model, "path_direct_shortcut", fast, why)
         # receivers all in one layer: their outputs by hand, not a forward of that layer
         one_layer, one_layer_checked = fast and recv_layers is not None and replay.ok, False
+        if one_layer and getattr(model.cfg, "positional_embedding_type", None) == "rotary":
+            one_layer = fastpaths.record(model, "path_one_layer_receivers", False,
+                                         "rotary embeddings act after hook_q/hook_k, which the hand computation "
+                                         "does not cover")
         if fast:  # direct paths are linear up to the receivers: no pass C forward at all
             groups = []
             for chunk in tqdm(list(runner.chunks(scored, per_chunk)), desc="path patching (direct)",
@@ -244,7 +253,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                        "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
                        "direct_shortcut": bool(fast), "one_layer_shortcut": bool(one_layer),
                        "sender_position": sender_position, "receiver_position": receiver_position,
-                       "metric": metric_name, "model": model_name(model), "n_prompts": b, "provenance": ps.provenance})
+                       "metric": metric_name, **model_settings(model), "n_prompts": b, "provenance": ps.provenance})
 
 
 def wang_effect(scores: Scores) -> torch.Tensor:
@@ -272,19 +281,25 @@ def _receiver_input(model: Any, layer: int, comp: str, x: torch.Tensor,
     return out if bias is None else out + bias
 
 
-def _direct_inputs_check(model: Any, base_store: dict, heads_recv: list) -> bool:
-    """Does ln1 + W_Q/K/V reproduce the receivers' inputs? (No QK-norm, rotary after hook_q/k, ...)."""
+def _direct_inputs_check(model: Any, base_store: dict, heads_recv: list) -> tuple[bool, str]:
+    """(whether ln1 + W_Q/K/V reproduce the receivers' inputs, why). They do not under QK-norm,
+    rotary applied before hook_q/k, or attention weights not exposed as W_Q/W_K/W_V."""
     try:
         for layer in sorted({layer for layer, _, _ in heads_recv}):
             x = base_store[f"blocks.{layer}.hook_resid_pre"]
             for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
                 want = base_store[f"blocks.{layer}.attn.hook_{comp}"]
                 got = _receiver_input(model, layer, comp, x)
-                if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
-                    return False
-        return True
-    except Exception:  # weights not exposed this way: use the generic passes
-        return False
+                if got.shape != want.shape:
+                    return False, (f"ln1 + W_{comp.upper()} gives shape {tuple(got.shape)} at layer {layer}, "
+                                   f"hook_{comp} has {tuple(want.shape)}")
+                if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+                    diff = float((got - want).abs().max())
+                    return False, (f"ln1 + W_{comp.upper()} does not reproduce layer {layer}'s hook_{comp} "
+                                   f"(max difference {diff:.1e})")
+        return True, "ln1 + W_Q/K/V reproduce the receivers' inputs"
+    except runner.CHECK_ERRORS as e:
+        return False, f"the attention weights cannot be applied by hand ({type(e).__name__}: {e})"
 
 
 def _sender_deltas(model: Any, chunk: list, base_store: dict, src_store: dict, s_pos) -> torch.Tensor:
@@ -353,9 +368,12 @@ def _one_layer_checked(model: Any, replay: runner.BlockReplay, base_store: dict,
     """(``_one_layer_logits`` or None, whether to keep using it). The first call checks the
     shortcut against the generic pass D on up to two senders; a mismatch (an attention this
     hand computation does not cover: rotary, ALiBi, soft-capping, parallel MLP...) turns it off."""
+    name = "path_one_layer_receivers"
     try:
         logits = _one_layer_logits(model, replay, base_store, inputs, n, group, r_pos, end)
-    except Exception:  # modules that cannot be called this way
+    except runner.CHECK_ERRORS as e:
+        fastpaths.record(model, name, False, f"the receiver layer cannot be computed by hand "
+                                             f"({type(e).__name__}: {e})")
         return None, False
     if checked:
         return logits, True
@@ -363,9 +381,11 @@ def _one_layer_checked(model: Any, replay: runner.BlockReplay, base_store: dict,
     k = min(2, n)
     few = [(ly, c, idx, new[:k * b]) for ly, c, idx, new in inputs]
     ref = replay.end_logits_from(inputs[0][0], k, _direct_receiver_hooks(few, k, r_pos))
-    if torch.allclose(logits[:k * b], ref, atol=1e-4, rtol=1e-4):
-        return logits, True
-    return None, False
+    diff = float((logits[:k * b] - ref).abs().max())
+    ok = bool(torch.allclose(logits[:k * b], ref, atol=1e-4, rtol=1e-4))
+    fastpaths.record(model, name, ok, f"hand-computed receiver layer {'equals' if ok else 'differs from'} "
+                                      f"the generic pass (max difference {diff:.1e})")
+    return (logits, True) if ok else (None, False)
 
 
 def _one_layer_store_names(layer: int) -> list[str]:

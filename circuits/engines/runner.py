@@ -11,7 +11,6 @@ Batches are *tiled*: ``T`` interventions x ``b`` prompts run as one batch of
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,6 +19,9 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from circuits import compat
+from circuits.engines import fastpaths
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
 
@@ -81,23 +83,31 @@ def unembed(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ".
 
 # hook names that read the last block's MLP or what follows it at every position
 _LAST_MLP_SITES = ("mlp", "hook_mlp", "hook_resid_post", "ln2")
-_END_MLP_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> END-only MLP verified
+# what a once-per-model check may meet on an architecture it does not fit (anything else is a bug: raised)
+CHECK_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError)
+
+
+def _failure(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 @contextmanager
-def end_only_last_mlp(model: Any, end: Int[Tensor, " rows"], fwd_hooks: Sequence[Hook] = ()) -> Iterator[None]:
+def end_only_last_mlp(model: Any, end: Int[Tensor, " rows"], fwd_hooks: Sequence[Hook] = (),
+                      force: bool = False) -> Iterator[None]:
     """Within this context the last block's MLP runs at each row's END position only.
 
     The last MLP's output at other positions reaches nothing the metric reads
     (no block follows it), so it is left at zero: on a small model most of the
-    last block's work saved. Not applied when a hook reads the last block's MLP,
-    its output or the residual after it (those would see the zeros), and only
-    on models where it was checked once to give the same END logits.
+    last block's work saved. Applied only on models where it was checked to give
+    the same END logits (see :func:`check_end_only_last_mlp`; ``force`` applies it
+    for that check), and not when a hook reads the last block's MLP, its output
+    or the residual after it (those would see the zeros).
     """
     last = len(model.blocks) - 1
     mlp = getattr(model.blocks[last], "mlp", None)
     prefixes = tuple(f"blocks.{last}.{site}" for site in _LAST_MLP_SITES)
-    if mlp is None or _END_MLP_OK.get(model) is False or any(name.startswith(prefixes) for name, _ in fwd_hooks):
+    if mlp is None or not (force or fastpaths.is_on(model, "end_only_last_mlp")) \
+            or any(name.startswith(prefixes) for name, _ in fwd_hooks):
         yield
         return
     rows_cols: list[tuple[Tensor, Tensor, int]] = []
@@ -126,25 +136,36 @@ def end_only_last_mlp(model: Any, end: Int[Tensor, " rows"], fwd_hooks: Sequence
             h.remove()
 
 
-def _end_mlp_verified(model: Any, tokens: Tensor, end: Tensor) -> None:
-    """Once per model: does the END-only last MLP give the END logits of a full forward?"""
-    if model in _END_MLP_OK:
+@torch.no_grad()
+def check_end_only_last_mlp(model: Any, tokens: Tensor, end: Tensor) -> None:
+    """Once per model: does the END-only last MLP give the END residual of a full forward?
+
+    The outcome goes to the fast-path record; an interrupted check records nothing.
+    """
+    name = "end_only_last_mlp"
+    if fastpaths.get(model, name) is not None:
         return
-    _END_MLP_OK[model] = True  # provisionally, so that the context below applies during the check
+    if getattr(model.blocks[-1], "mlp", None) is None:
+        fastpaths.record(model, name, False, "the last block has no `mlp` module to restrict")
+        return
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
     try:
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
-        with end_only_last_mlp(model, end):
+        with end_only_last_mlp(model, end, force=True):
             fast = final_residual(model, tokens)[rows, end.to(tokens.device)]
-        full = final_residual(model, tokens)[rows, end.to(tokens.device)]
-        _END_MLP_OK[model] = bool(torch.allclose(fast, full, atol=1e-5, rtol=1e-4))
-    except Exception:  # an MLP that cannot run on END rows alone
-        _END_MLP_OK[model] = False
+    except CHECK_ERRORS as e:
+        fastpaths.record(model, name, False, f"the last MLP cannot run on END rows alone ({_failure(e)})")
+        return
+    full = final_residual(model, tokens)[rows, end.to(tokens.device)]
+    diff = float((fast - full).abs().max())
+    ok = bool(torch.allclose(fast, full, atol=1e-5, rtol=1e-4))
+    fastpaths.record(model, name, ok, f"END residual {'equals' if ok else 'differs from'} a full forward's "
+                                      f"(max difference {diff:.1e})")
 
 
 def end_logits(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
                fwd_hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch vocab"]:
     """Logits at one position per row (``end[i]``), unembedding nothing else."""
-    _end_mlp_verified(model, tokens, end)
+    check_end_only_last_mlp(model, tokens, end)
     with end_only_last_mlp(model, end, fwd_hooks):
         resid = final_residual(model, tokens, fwd_hooks)
     rows = torch.arange(tokens.shape[0], device=resid.device)
@@ -233,10 +254,6 @@ def _tile_any(x: Any, b: int, n: int) -> Any:
     return x
 
 
-_REPLAY_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> replay verified
-_SUFFIX_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> suffix replay verified
-
-
 class BlockReplay:
     """Restart a forward pass at any layer from a base run's block inputs.
 
@@ -244,15 +261,16 @@ class BlockReplay:
     the rest: masks, rotary tables, ...). ``end_logits_from(layer, n, hooks)`` then
     runs only blocks ``layer..`` on ``n`` tiled copies of the recorded residual,
     with ``hooks`` active, and unembeds END rows - exact, because every block
-    before ``layer`` would have seen the unmodified base run anyway. If replaying
-    does not reproduce the base logits (an architecture whose blocks need more
-    than their call arguments), it falls back to full forward passes.
+    before ``layer`` would have seen the unmodified base run anyway. Checked once
+    per model (fast path ``block_replay``); where replaying does not reproduce the
+    base logits, it runs full forward passes instead.
 
     ``skip=k`` runs only positions ``k..`` and gives the blocks the base run's
     keys and values of positions ``< k`` (its KV cache): exact when no hook
     changes anything before position ``k``, which the caller guarantees (hooks
-    then see activations of positions ``k..`` only). Checked once per model;
-    where it does not reproduce the base logits, ``skip`` is ignored.
+    then see activations of positions ``k..`` only). Checked once per model (fast
+    path ``prefix_skip``); where it does not reproduce the base logits, ``skip``
+    is ignored.
     """
 
     def __init__(self, model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
@@ -260,7 +278,8 @@ class BlockReplay:
         """``store``: hook names whose base-run activations to keep in ``self.store`` (same pass)."""
         self.model, self.tokens, self.end = model, tokens, end
         self.calls: list[tuple[tuple, dict]] = []
-        _end_mlp_verified(model, tokens, end)  # its check passes run the blocks: not while recording
+        kv_status = compat.ensure_kv_cache(model)  # before the base run: it must fill its KV cache
+        check_end_only_last_mlp(model, tokens, end)  # its check passes run the blocks: not while recording
         handles = []
 
         def grab(module: Any, args: tuple, kwargs: dict) -> None:
@@ -273,25 +292,53 @@ class BlockReplay:
         finally:
             for h in handles:
                 h.remove()
-        self.ok = len(self.calls) == len(model.blocks)
-        if self.ok and model not in _REPLAY_OK:  # verified once per model object
-            _REPLAY_OK[model] = self._replay_matches()
-        self.ok = self.ok and _REPLAY_OK.get(model, False)
+        if len(self.calls) != len(model.blocks):
+            fastpaths.record(model, "block_replay", False, f"one forward called the blocks {len(self.calls)} "
+                                                           f"times for {len(model.blocks)} blocks")
+        elif fastpaths.get(model, "block_replay") is None:
+            self._check_replay()
+        self.ok = len(self.calls) == len(model.blocks) and fastpaths.is_on(model, "block_replay")
         caches = [x for x in (*self.calls[0][0], *self.calls[0][1].values()) if _is_cache(x)] if self.ok else []
         self._cache = caches[0] if caches else None
-        if self._cache is not None and model not in _SUFFIX_OK and int(self.end.min()) >= 2:
-            _SUFFIX_OK[model] = self._suffix_matches()  # checked on the first base run long enough to cut
-        self.suffix_ok = self._cache is not None and _SUFFIX_OK.get(model, False)
+        if self.ok and fastpaths.get(model, "prefix_skip") is None:
+            if kv_status.startswith("unavailable"):
+                fastpaths.record(model, "prefix_skip", False, f"KV cache {kv_status}")
+            elif self._cache is None:
+                fastpaths.record(model, "prefix_skip", False, "the blocks receive no KV cache to read a prefix from")
+            elif int(self.end.min()) >= 2:  # checked on the first base run long enough to cut
+                self._check_suffix()
+        self.suffix_ok = self._cache is not None and fastpaths.is_on(model, "prefix_skip")
         self._skip_ok: dict[int, bool] = {}
 
-    def _suffix_matches(self) -> bool:
-        skip = int(self.end.min()) // 2
+    @torch.no_grad()
+    def _check_replay(self) -> None:
         try:
-            starts = sorted({0, len(self.model.blocks) // 2})
-            return all(torch.allclose(self._run(s, 1, (), skip=skip), self.base_logits, atol=1e-4, rtol=1e-4)
-                       for s in starts)
-        except Exception:  # a block or cache layout this replay cannot cut
-            return False
+            again = self._run(0, 1, ())
+        except CHECK_ERRORS as e:
+            fastpaths.record(self.model, "block_replay", False,
+                             f"blocks cannot be re-entered with their recorded arguments ({_failure(e)})")
+            return
+        diff = float((again - self.base_logits).abs().max())
+        ok = bool(torch.allclose(again, self.base_logits, atol=1e-4, rtol=1e-4))
+        fastpaths.record(self.model, "block_replay", ok, f"replayed logits {'equal' if ok else 'differ from'} "
+                                                         f"the base run's (max difference {diff:.1e})")
+
+    @torch.no_grad()
+    def _check_suffix(self) -> None:
+        skip = int(self.end.min()) // 2
+        starts = sorted({0, len(self.model.blocks) // 2})
+        try:
+            runs = [self._run(s, 1, (), skip=skip) for s in starts]
+        except _NoSuffix as e:
+            fastpaths.record(self.model, "prefix_skip", False, f"cannot cut the prefix: {e}")
+            return
+        except CHECK_ERRORS as e:
+            fastpaths.record(self.model, "prefix_skip", False, f"a suffix-only replay failed ({_failure(e)})")
+            return
+        diff = max(float((r - self.base_logits).abs().max()) for r in runs)
+        ok = all(torch.allclose(r, self.base_logits, atol=1e-4, rtol=1e-4) for r in runs)
+        fastpaths.record(self.model, "prefix_skip", ok, f"suffix-only logits {'equal' if ok else 'differ from'} "
+                                                        f"the base run's (max difference {diff:.1e})")
 
     def supports_skip(self, skip: int) -> bool:
         """Can ``end_logits_from(..., skip=skip)`` run positions ``skip..`` alone on this base run?"""
@@ -317,16 +364,9 @@ class BlockReplay:
         cache = DynamicCache()
         for i, layer in enumerate(self._cache.layers):
             if layer.keys is None or layer.keys.shape[-2] != length:
-                raise _NoSuffix(f"KV cache layer {i}")
+                raise _NoSuffix(f"KV cache layer {i} does not hold the keys of all {length} positions")
             cache.update(tile(layer.keys[:, :, :skip], n), tile(layer.values[:, :, :skip], n), i)
         return cache
-
-    def _replay_matches(self) -> bool:
-        try:
-            again = self._run(0, 1, ())
-        except Exception:  # an architecture whose blocks cannot be re-entered this way
-            return False
-        return bool(torch.allclose(again, self.base_logits, atol=1e-4, rtol=1e-4))
 
     def _run(self, layer: int, n: int, fwd_hooks: Sequence[Hook], hidden: Tensor | None = None,
              skip: int = 0) -> Tensor:

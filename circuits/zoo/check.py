@@ -84,6 +84,11 @@ def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
     return out
 
 
+def pct(x: float | None) -> str:
+    """A rate as a percentage; None (no samples to take it over) says so."""
+    return "undefined (no samples)" if x is None else f"{x:.1%}"
+
+
 def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool, str]]:
     """(target, passed, detail) rows."""
     rows: list[tuple[str, bool, str]] = []
@@ -100,14 +105,15 @@ def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool
     if sft:
         rows.append(("reasoner-sft short thinking in 10-40%", 0.10 <= sft["short_rate"] <= 0.40,
                      f"{sft['short_rate']:.1%}"))
-        gap = (sft["accuracy_long"] or 0) - (sft["accuracy_short"] or 0)
-        rows.append(("reasoner-sft short accuracy >= 10 pts below long", gap >= 0.10,
-                     f"long {sft['accuracy_long']:.1%} vs short {sft['accuracy_short']:.1%}"))
+        short, long_ = sft["accuracy_short"], sft["accuracy_long"]
+        defined = short is not None and long_ is not None  # a gap needs samples of both kinds
+        rows.append(("reasoner-sft short accuracy >= 10 pts below long", defined and long_ - short >= 0.10,
+                     f"long {pct(long_)} vs short {pct(short)}"))
     grpo = measured.get("reasoner-grpo")
     if grpo and sft:
-        gain = grpo["accuracy"] - sft["accuracy"]
-        rows.append(("reasoner-grpo >= +5 pts over reasoner-sft", gain >= 0.05,
-                     f"{sft['accuracy']:.1%} -> {grpo['accuracy']:.1%}"))
+        defined = grpo["accuracy"] is not None and sft["accuracy"] is not None
+        rows.append(("reasoner-grpo >= +5 pts over reasoner-sft", defined and grpo["accuracy"] - sft["accuracy"] >= 0.05,
+                     f"{pct(sft['accuracy'])} -> {pct(grpo['accuracy'])}"))
     mib = weights_mib()
     rows.append((f"bundled weights <= {SIZE_BUDGET_MIB:.0f} MiB", mib <= SIZE_BUDGET_MIB, f"{mib:.1f} MiB"))
     return rows
@@ -121,8 +127,8 @@ def report(measured: dict[str, Any], rows: list[tuple[str, bool, str]]) -> str:
                 lines.append(f"{name:21s} {task:20s} {v['accuracy']:8.1%}  {v['logit_diff']:9.2f}")
         else:
             extra = "" if "short_rate" not in r else (
-                f"  short {r['short_rate']:.1%} (acc {r['accuracy_short']}), long acc {r['accuracy_long']}")
-            lines.append(f"{name:21s} {'arithmetic':20s} {r['accuracy']:8.1%}{extra}")
+                f"  short {r['short_rate']:.1%} (acc {pct(r['accuracy_short'])}), long acc {pct(r['accuracy_long'])}")
+            lines.append(f"{name:21s} {'arithmetic':20s} {pct(r['accuracy']):>8s}{extra}")
     lines.append("")
     for target, ok, detail in rows:
         lines.append(f"[{'PASS' if ok else 'FAIL'}] {target}: {detail}")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from circuits import compat
 from circuits.zoo import arithmetic as ar
 from circuits.zoo import corpus
 from circuits.zoo.train import TrainSettings, train
@@ -89,6 +90,9 @@ def sample(model, tok, problems: list[ar.Problem], n_samples: int = 1, temperatu
     for i, ids in enumerate(prompts):
         by_len.setdefault(len(ids), []).append(i)
     end_id = tok.convert_tokens_to_ids(ar.END_THINK)
+    status = compat.ensure_kv_cache(model)
+    if status.startswith("unavailable"):
+        raise RuntimeError(f"sampling reads the prompt through the KV cache, which is {status}")
     for _, idx in sorted(by_len.items()):
         x = torch.tensor([prompts[i] for i in idx]).repeat_interleave(n_samples, 0)
         seqs = x
@@ -96,8 +100,11 @@ def sample(model, tok, problems: list[ar.Problem], n_samples: int = 1, temperatu
         cur = x
         done_at = torch.full((len(x),), -1)
         for step in range(max_new_tokens):
-            o = model(cur, past_key_values=past, use_cache=True)
-            past = o.past_key_values
+            o = compat.cached_forward(model, cur, past)
+            past = compat.output_cache(o)
+            if compat.cache_length(past) != seqs.shape[1]:  # a cache that drops the prompt samples garbage
+                raise RuntimeError(f"the KV cache holds {compat.cache_length(past)} positions after step {step}, "
+                                   f"expected {seqs.shape[1]}")
             logits = o.logits[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1)
