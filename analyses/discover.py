@@ -58,16 +58,33 @@ def _circuit_figure(graph: Any, mask: torch.Tensor, scores: torch.Tensor, stem: 
 
 def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int = 0, device: str | None = None,
          out: str = "results", steps: int = 5, tau: float = 0.02, n_boot: int = 3) -> int:
+    """Run the analysis; results/discover/<task>/<model>/ is replaced as a unit when the run succeeds."""
+    from circuits.engines.discovery import check_tau
+    from circuits.io import run_folder
+    from circuits.tasks import get_task
+
+    get_task(task)  # clear errors for bad settings, before anything is loaded or computed
+    check_tau(tau)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps (EAP-IG integration steps) must be a positive integer, got {steps!r}")
+    final = os.path.join(out, "discover", task, safe_name(model))
+    with run_folder(final) as stage:  # fails here, before any compute, if ``out`` is not writable
+        _run(task, model, n, seed, device, str(stage), steps, tau, n_boot)
+    print(f"wrote {final}")
+    return 0
+
+
+def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: str, steps: int, tau: float,
+         n_boot: int) -> None:
     from circuits.engines.agreement import agreement_report
     from circuits.engines.attribution import EdgeScores, attribute_edges
     from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
     from circuits.engines.mib import faithfulness_curve, plot_curves
     from circuits.io import atomic_write_json
     from circuits.models import load_model, model_info
-    from circuits.tasks import build_task, get_task
+    from circuits.tasks import build_task
 
     t0 = time.time()
-    folder = os.path.join(out, "discover", task, safe_name(model))
     m = load_model(model, device=device)
     split = "test" if model.startswith("zoo:") else "all"
     options: dict[str, Any] = {}
@@ -75,7 +92,6 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
         from circuits.zoo.toyworld import EVAL_TASKS
 
         options = dict(EVAL_TASKS.get(task, {}))
-    get_task(task)  # a clear error for an unknown task
     ps = build_task(task, m.tokenizer, n=n, seed=seed, split=split, **options).to(m.cfg.device)
     metric = "candidate_prob_diff" if ps.answer_candidates is not None else "logit_diff"
 
@@ -170,5 +186,4 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
     for level in ("node", "edge"):
         if a[level]["sign_disagreements_top"]:
             print(f"  WARNING: {level} sign disagreements on top components: {a[level]['sign_disagreements_top']}")
-    print(f"\nwrote {path} in {time.time() - t0:.1f} s")
-    return 0
+    print(f"\n{os.path.basename(path)} in {time.time() - t0:.1f} s")

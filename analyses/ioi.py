@@ -61,9 +61,20 @@ def attention_at(model: Any, ps: Any, heads: list[tuple[int, int]], query: str, 
     return out
 
 
-@torch.no_grad()
 def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | None = None,
          out: str = "results") -> int:
+    """Run the analysis; results/ioi/<model>/ is replaced as a unit when the run succeeds."""
+    from circuits.io import run_folder
+
+    final = os.path.join(out, "ioi", safe_name(model))
+    with run_folder(final) as stage:  # fails here, before any compute, if ``out`` is not writable
+        _run(model, n, seed, device, str(stage))
+    print(f"wrote {final}")
+    return 0
+
+
+@torch.no_grad()
+def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None:
     from circuits import metrics
     from circuits.engines.ablation import Ablation
     from circuits.engines.detectors import copy_scores
@@ -77,7 +88,6 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
     from circuits.tasks import build_task
 
     t0 = time.time()
-    folder = os.path.join(out, "ioi", safe_name(model))
     m = load_model(model, device=device)
     split = "test" if model.startswith("zoo:") else "all"  # zoo models never saw these combinations
     ps = build_task("ioi", m.tokenizer, n=n, seed=seed, split=split).to(m.cfg.device)
@@ -224,13 +234,13 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
     if faith:
         print(f"\nF(model) {faith.full:.3f}  F(circuit) {faith.circuit:.3f}  F(empty) {faith.empty:.3f}  "
               f"F(complement) {faith.complement:.3f}")
-        print(f"normalized faithfulness {faith.faithfulness:.3f} (95% CI {faith.ci['faithfulness'][0]:.3f}"
-              f"..{faith.ci['faithfulness'][1]:.3f}); complement {faith.complement_faithfulness:.3f}; "
-              f"|F(M)-F(C)| {faith.wang_gap:.3f}")
+        ci = faith.ci["faithfulness"]
+        ci_text = "undefined" if ci is None else f"{ci[0]:.3f}..{ci[1]:.3f}"
+        print(f"normalized faithfulness {faith.faithfulness:.3f} (95% CI {ci_text}); complement "
+              f"{faith.complement_faithfulness:.3f}; |F(M)-F(C)| {faith.wang_gap:.3f}")
         worst = comp[0] if comp else None
         if worst:
             print(f"completeness: largest |F(C\\K)-F(M\\K)| = {worst['gap']:.3f} ({worst['kind']}, K={worst['K']})")
-        low = [k for k, v in mini.items() if v["fraction_of_full"] < 0.01]
+        low = [k for k, v in mini.items() if v["fraction_of_full"] is None or v["fraction_of_full"] < 0.01]
         print(f"minimality: {len(mini) - len(low)}/{len(mini)} nodes matter by >= 1% of F(M)")
-    print(f"\nwrote {path} and {len(figs)} figure files in {time.time() - t0:.1f} s")
-    return 0
+    print(f"\n{os.path.basename(path)} and {len(figs)} figure files in {time.time() - t0:.1f} s")

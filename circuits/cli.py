@@ -7,6 +7,20 @@ import json
 import sys
 
 
+def _options(text: str | None) -> dict:
+    """``--options`` as a dict (a JSON object), or a clear error."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--options is not valid JSON ({e.msg} at character {e.pos}): {text!r}; "
+                         "expected an object such as '{\"corruption\": \"s2_io\"}'") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--options must be a JSON object of task options, got {text!r}")
+    return options
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from circuits.tasks import TASKS
 
@@ -18,10 +32,13 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from circuits.models import load_model
-    from circuits.tasks import build_task
+    from circuits.tasks import build_task, get_task
+    from circuits.tasks.base import check_n, check_seed
 
+    options, _ = _options(args.options), get_task(args.task)  # bad input fails before the model loads
+    check_n(args.n)
+    check_seed(args.seed)
     model = load_model(args.model, device=args.device)
-    options = json.loads(args.options) if args.options else {}
     ps = build_task(args.task, model.tokenizer, n=args.n, seed=args.seed, **options)
     print(json.dumps(ps.describe(), indent=2))
     if args.out:
@@ -62,9 +79,16 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     return zoo_cli.run(args.action, names=args.names, write_cards=args.write_cards)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (``circuits <cmd> --help`` shows the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="circuits", description="Find, compare, export and edit circuits.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p = _Parser(prog="circuits", description="Find, compare, export and edit circuits.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("tasks", help="list the tasks and their options")
     s.set_defaults(fn=_cmd_tasks)
@@ -112,23 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# errors a user's input causes; their message is the whole story
+USER_ERRORS = (KeyError, ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors print one line on stderr and exit non-zero (2: bad input or a
+    failed run, 3: an internal error, 130: interrupted); CIRCUITS_DEBUG=1 shows tracebacks."""
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
+    debug = bool(os.environ.get("CIRCUITS_DEBUG"))
     try:
         return int(args.fn(args) or 0)
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
-        # clear one-line errors for bad input; tracebacks only with CIRCUITS_DEBUG=1
-        import os
-
-        if os.environ.get("CIRCUITS_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("circuits: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"circuits: error: {msg}", file=sys.stderr)
+        print(f"circuits: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
+    except Exception as e:  # the top level: one line instead of a traceback, never swallowed (exit 3)
+        if debug:
+            raise
+        print(f"circuits: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
+              "(CIRCUITS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -18,6 +18,22 @@ from circuits.prompts import PromptSet
 Logits = Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"]
 
 
+class UndefinedMetricError(ZeroDivisionError, ValueError):
+    """A normalized metric whose denominator is zero or not finite: the value is undefined, not a number."""
+
+
+def check_difference(a: Tensor | float, b: Tensor | float, what: str) -> Tensor:
+    """``a - b`` as a denominator: UndefinedMetricError where it is not finite, or zero up to
+    float rounding (below 1e-6 of the operands' size), since dividing by it would give noise."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    d = a - b
+    if not torch.isfinite(d).all():
+        raise UndefinedMetricError(f"{what} is not finite; the normalized value is undefined")
+    if torch.any(d.abs() <= 1e-6 * (a.abs() + b.abs()) + 1e-8):
+        raise UndefinedMetricError(f"{what} is zero; the normalized value is undefined")
+    return d
+
+
 def end_logits(logits: Logits, ps: PromptSet, position: str = "END") -> Float[Tensor, "batch vocab"]:
     """Logits at each prompt's named ``position`` (END: the last real token)."""
     if logits.ndim == 2:
@@ -56,8 +72,7 @@ def normalized_metric(value: Tensor | float, clean_value: Tensor | float,
     value, clean_value, corrupted_value = (torch.as_tensor(v, dtype=torch.float32)
                                            for v in (value, clean_value, corrupted_value))
     denom = clean_value - corrupted_value
-    if torch.any(denom.abs() < 1e-8):
-        raise ZeroDivisionError("clean and corrupted metric values are equal; the normalized metric is undefined")
+    check_difference(clean_value, corrupted_value, "clean minus corrupted metric")
     return (value - corrupted_value) / denom
 
 

@@ -96,16 +96,45 @@ def resolve_spec(spec: str) -> tuple[str, str, str | None]:
 
 
 def _cached_snapshot(hub_id: str, revision: str | None) -> str | None:
-    try:
-        from huggingface_hub import snapshot_download
+    """The local HF cache's copy of a hub model (None if it has none)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
+    try:
         path = snapshot_download(hub_id, revision=revision, local_files_only=True)
-        return path if (Path(path) / "config.json").is_file() else None
-    except Exception:
+    except HFValidationError as e:
+        raise ModelLoadError(f"{hub_id!r} is not a local directory, a zoo model (zoo:<name>) or a valid "
+                             f"Hugging Face hub id: {e}") from None
+    except OSError:  # not in the local cache
         return None
+    return path if (Path(path) / "config.json").is_file() else None
 
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+# files that carry a vocabulary, one of which a checkpoint's tokenizer needs beside tokenizer_config.json
+_VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model",
+                "sentencepiece.bpe.model")
+
+
+def check_tokenizer_files(directory: str) -> None:
+    """Raise ModelLoadError unless ``directory`` holds a tokenizer that loads as saved.
+
+    Without ``tokenizer_config.json`` the special tokens (BOS, padding, unknown) are
+    unknown, and without a vocabulary file the loader falls back to another
+    model's tokenizer: both would load silently and tokenize to garbage.
+    """
+    d = Path(directory)
+    vocab = [f for f in _VOCAB_FILES if (d / f).is_file()]
+    has_config = (d / "tokenizer_config.json").is_file()
+    if vocab and has_config:
+        return
+    found = sorted(p.name for p in d.iterdir() if p.is_file())
+    if not vocab:
+        what = "no tokenizer (none of " + ", ".join(_VOCAB_FILES) + ")"
+    else:
+        what = f"{vocab[0]} but no tokenizer_config.json, so its special tokens (BOS, padding, unknown) are unknown"
+    raise ModelLoadError(f"checkpoint directory {str(d)!r} has {what}; it holds {found}. Save the tokenizer "
+                         "with the model (tokenizer.save_pretrained(directory)).")
 
 
 def load_local_tokenizer(directory: str):
@@ -118,17 +147,36 @@ def load_local_tokenizer(directory: str):
     """
     import json
 
+    check_tokenizer_files(directory)
     cfg_path = Path(directory) / "tokenizer_config.json"
-    if not (Path(directory) / "tokenizer.json").is_file() or not cfg_path.is_file():
-        return None
     declared = json.loads(cfg_path.read_text()).get("tokenizer_class")
-    if declared not in _GENERIC_TOKENIZERS:
+    if declared not in _GENERIC_TOKENIZERS or not (Path(directory) / "tokenizer.json").is_file():
         return None
     from transformers import PreTrainedTokenizerFast
 
     # add_bos_token=True: the bridge keeps a tokenizer that already has it, instead of
     # re-creating one through AutoTokenizer (which would pick the model-type class again)
     return PreTrainedTokenizerFast.from_pretrained(directory, add_bos_token=True)
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against what this machine has (default: cuda, mps or cpu)."""
+    import torch
+
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for, but torch {torch.__version__} sees no CUDA GPU "
+                             "here; use device='cpu' (or leave it unset)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r} was asked for, but MPS is not available here")
+    return str(dev)
 
 
 def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_kwargs: Any):
@@ -153,10 +201,11 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
                 "(config.json + model.safetensors + tokenizer), or a bundled zoo model such as "
                 "'zoo:toyworld' (see `circuits zoo list`)."
             )
+    from safetensors import SafetensorError
     from transformer_lens.model_bridge import TransformerBridge
 
     torch_dtype = _resolve_dtype(dtype)
-    dev = device or default_device()
+    dev = resolve_device(device)
     if revision is not None:
         boot_kwargs.setdefault("revision", revision)
     if kind in ("zoo", "local") and "tokenizer" not in boot_kwargs:
@@ -165,8 +214,8 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
             boot_kwargs["tokenizer"] = tok
     try:
         model = TransformerBridge.boot_transformers(location, device=dev, dtype=torch_dtype, **boot_kwargs)
-    except OSError as e:
-        raise ModelLoadError(f"could not load {spec!r} from {location!r}: {e}") from e
+    except (OSError, ValueError, SafetensorError) as e:  # unreadable files: a truncated or corrupt checkpoint
+        raise ModelLoadError(f"could not load {spec!r} from {location!r}: {type(e).__name__}: {e}") from e
     model.eval()
     model.circuits_spec = str(spec)  # type: ignore[attr-defined]
     compat.ensure_kv_cache(model)  # cached forwards (sampling, prefix skipping) must see the prefix

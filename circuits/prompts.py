@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from circuits.io import atomic_write_text
+from circuits.io import atomic_write_text, dumps
 
 
 class PromptAlignmentError(ValueError):
@@ -83,9 +83,17 @@ class PromptSet:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise PromptAlignmentError/ValueError if the set is inconsistent."""
+        ints = {"clean": self.clean, "corrupted": self.corrupted, "answers": self.answers,
+                "wrong_answers": self.wrong_answers, "lengths": self.lengths, "groups": self.groups,
+                **{f"positions[{k!r}]": v for k, v in self.positions.items()}}
+        for name, t in ints.items():
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"PromptSet {name} must hold integer token ids or indices, got {t.dtype}")
         if self.clean.ndim != 2:
             raise ValueError(f"clean tokens must be [batch, pos], got shape {tuple(self.clean.shape)}")
         b = self.clean.shape[0]
+        if b == 0:
+            raise ValueError(f"PromptSet {self.task!r} has no prompts; an analysis needs at least one")
         if self.corrupted.shape != self.clean.shape:
             raise PromptAlignmentError(
                 f"clean tokens {tuple(self.clean.shape)} and corrupted tokens "
@@ -120,6 +128,12 @@ class PromptSet:
             self.corrupted[pad_region] != self.pad_token_id
         ).any():
             raise PromptAlignmentError("tokens after a prompt's length must be pad_token_id in clean and corrupted")
+        same = (self.answers == self.wrong_answers).nonzero().flatten()
+        if len(same) and self.answer_candidates is None:
+            i = int(same[0])
+            word = f" ({self.answer_text[i]!r})" if i < len(self.answer_text) else ""
+            raise ValueError(f"prompt {i} of {self.task!r}: the answer and the wrong answer are the same token "
+                             f"(id {int(self.answers[i])}{word}), so their logit difference is 0 by construction")
         if self.answer_candidates is not None:
             k = self.answer_candidates.shape[0]
             if self.answer_mask is None or self.answer_mask.shape != (b, k):
@@ -161,7 +175,9 @@ class PromptSet:
                 raise ValueError(f"bool mask must have shape ({len(self)},), got {tuple(idx.shape)}")
             idx = idx.nonzero().flatten()
         idx = idx.long().cpu()
-        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+        if len(idx) == 0:
+            raise ValueError(f"this subset selects none of the {len(self)} prompts of {self.task!r}")
+        if (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"subset index out of range for a PromptSet of {len(self)} prompts")
         dev_idx = idx.to(self.device)
         max_len = int(self.lengths[dev_idx].max()) if len(idx) else 1
@@ -246,10 +262,6 @@ class PromptSet:
             "provenance": self.provenance,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PromptSet:
-        return cls(**d)
-
     def describe(self) -> dict[str, Any]:
         """A short JSON description of how the set was made (no token data)."""
         return {
@@ -264,9 +276,34 @@ class PromptSet:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the set as JSON atomically (temp file, then rename)."""
-        atomic_write_text(path, json.dumps(self.to_dict()))
+        atomic_write_text(path, dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PromptSet:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Read a set written by :meth:`save`; errors name the file."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{os.fspath(path)!r} is not a PromptSet JSON file: {e}") from None
+        except OSError as e:
+            raise OSError(f"cannot read PromptSet file {os.fspath(path)!r}: {e.strerror or e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{os.fspath(path)!r} holds a JSON {type(data).__name__}, not a PromptSet")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{os.fspath(path)!r} is not a valid PromptSet: {e}") from None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptSet:
+        """Inverse of :meth:`to_dict`; names missing or unknown keys."""
+        fields = set(cls.__dataclass_fields__)
+        required = {n for n, f in cls.__dataclass_fields__.items()
+                    if f.default is MISSING and f.default_factory is MISSING}
+        missing, unknown = sorted(required - set(d)), sorted(set(d) - fields)
+        if missing or unknown:
+            raise ValueError(f"PromptSet data {'lacks ' + str(missing) if missing else ''}"
+                             f"{' and ' if missing and unknown else ''}"
+                             f"{'has unknown keys ' + str(unknown) if unknown else ''}")
+        return cls(**d)

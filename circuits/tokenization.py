@@ -8,7 +8,11 @@ so years and numbers below 100 are single tokens. It is saved as an ordinary
 
 from __future__ import annotations
 
+import hashlib
+import json
+import weakref
 from collections.abc import Iterable
+from typing import Any
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "unk": "<unk>"}
 
@@ -44,3 +48,24 @@ def word_level_tokenizer(words: Iterable[str], extra_tokens: Iterable[str] = ())
         pad_token=SPECIAL_TOKENS["pad"],
         unk_token=SPECIAL_TOKENS["unk"],
     )
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (size, fingerprint)
+
+
+def fingerprint(tokenizer: Any) -> str:
+    """A short hash of what ``tokenizer`` maps text to: its vocabulary and special-token ids.
+
+    Two tokenizers with the same fingerprint give the same ids; PromptSets record the
+    fingerprint of the tokenizer that built them, so engines can refuse prompts made
+    for another model.
+    """
+    size = len(tokenizer)
+    cached = _FINGERPRINTS.get(tokenizer)
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    specials = [getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")]
+    digest = hashlib.sha256(json.dumps([vocab, specials]).encode()).hexdigest()[:16]
+    _FINGERPRINTS[tokenizer] = (size, digest)
+    return digest

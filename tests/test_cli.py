@@ -21,9 +21,8 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_console_script_is_declared():
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["name"] == "circuitlab"

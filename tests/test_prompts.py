@@ -70,9 +70,9 @@ def test_misaligned_tensors_raise(ps):
 def test_user_pairs_of_different_lengths_are_a_clear_error(word_tokenizer):
     with pytest.raises(PromptAlignmentError) as e:
         prompt_set_from_texts(word_tokenizer, ["Then, Mary and John went to the store. John gave a drink to"],
-                              ["Then, Mary and John went to the big store. John gave a drink to"],
+                              ["Then, Mary and John went to the red store. John gave a drink to"],
                               ["Mary"], ["John"])
-    assert "pair 0" in str(e.value) and "big store" in str(e.value)
+    assert "pair 0" in str(e.value) and "red store" in str(e.value)
 
 
 def test_user_pairs_multi_token_answer_is_a_clear_error(bpe_tokenizer):

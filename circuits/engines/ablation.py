@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from circuits.engines import runner
+from circuits.engines.common import check_fits
 from circuits.engines.interventions import Edit
 from circuits.engines.nodes import Node
 from circuits.engines.sites import Site, hook_name
@@ -118,6 +119,8 @@ def ablation_values(model: Any, ps: PromptSet, tokens: Tensor, sites: Iterable[t
                     ablation: Ablation) -> dict[str, Tensor]:
     """Replacement activations {hook name: [b, P, ...]} for the evaluated ``tokens`` of ``ps``."""
     sites = sorted(set(sites), key=lambda s: (s[1], s[0].name))
+    if ablation.reference is not None:
+        check_fits(model, ablation.reference, "the ablation's reference PromptSet")
     ref = (ablation.reference or ps).to(tokens.device)
     ref_tok = ref.corrupted if ablation.reference_tokens == "corrupted" else ref.clean
     names = [hook_name(s, layer) for s, layer in sites]

@@ -24,7 +24,13 @@ from torch import Tensor
 
 from circuits import metrics
 from circuits.engines.ablation import Ablation, ablation_values
-from circuits.engines.common import Metric, evaluate_metric, model_settings, resolve_metric
+from circuits.engines.common import (
+    Metric,
+    evaluate_metric,
+    model_settings,
+    prepare_prompts,
+    resolve_metric,
+)
 from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.sites import SITES, hook_name
 from circuits.prompts import PromptSet
@@ -84,7 +90,7 @@ def all_for_one(model: Any, ps: PromptSet, *, reference: PromptSet | None = None
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
     fn, metric_name = resolve_metric(metric)
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     site = SITES["resid_pre"]
     cama = ablation_values(model, ps, ps.clean, [(site, layer) for layer in range(n_layers)],
@@ -148,7 +154,7 @@ def knockout_curve(model: Any, ps: PromptSet, *, bos: bool = True, metric: str |
     Returns per layer {"layer", "accuracy", "metric"} (layer -1: no knockout).
     """
     fn, _ = resolve_metric(metric)
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     n_layers = int(model.cfg.n_layers)
     scheds = [{}] + [{layer: "knockout"} for layer in range(n_layers)]
     logits = run_variants(model, ps.clean, ps.positions["END"], [[] for _ in scheds], memory_budget,

@@ -37,6 +37,7 @@ from circuits.engines.common import (
     answer_vocab,
     evaluate_metric,
     model_settings,
+    prepare_prompts,
     resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
@@ -187,8 +188,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     fn, metric_name = resolve_metric(metric)
-    ps.validate()
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     ps_m, vocab = answer_vocab(ps, metric_name)
     graph = edge_graph(model)
     n_layers = graph.n_layers
@@ -264,8 +264,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
 def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_diff") -> dict[str, Scores]:
     """Attribution patching of nodes: (clean - corrupted) . dM/d(output), for heads [layer, head] and MLPs [layer]."""
     fn, metric_name = resolve_metric(metric)
-    ps.validate()
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     ps_m, vocab = answer_vocab(ps, metric_name)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     end = ps.positions["END"]

@@ -44,7 +44,71 @@ def evaluate_metric(metric: Metric, logits: Tensor, ps: PromptSet) -> Tensor:
     out = torch.as_tensor(metric(logits, ps))
     if out.shape != (len(ps),):
         raise ValueError(f"the metric must return one value per prompt ([{len(ps)}]), got shape {tuple(out.shape)}")
+    bad = (~torch.isfinite(out)).nonzero().flatten()
+    if len(bad):
+        name = getattr(metric, "__name__", "metric")
+        raise ValueError(f"the metric {name!r} returned {float(out[bad[0]])} for {len(bad)} of {len(ps)} prompts "
+                         f"(first: prompt {int(bad[0])}); a metric must give a finite number per prompt")
     return out.float()
+
+
+def as_list(x: Any, what: str) -> list:
+    """``x`` (a list, tuple or other iterable) as a list; a single string is an error, not its characters."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{what} must be a list, got the string {x!r} (did you mean [{x!r}]?)")
+    try:
+        return list(x)
+    except TypeError:
+        raise TypeError(f"{what} must be a list, got {type(x).__name__} {x!r}") from None
+
+
+class PromptModelMismatch(ValueError):
+    """A PromptSet that does not fit the model: another tokenizer, ids beyond the vocabulary, too long."""
+
+
+def check_fits(model: Any, ps: PromptSet, what: str = "PromptSet") -> None:
+    """Raise PromptModelMismatch unless ``ps`` can run on ``model``; before any compute.
+
+    Checks that every token id lies in the model's vocabulary, that the prompts fit its
+    context, and that the tokenizer recorded in the PromptSet (its fingerprint) is the
+    model's own.
+    """
+    from circuits.tokenization import fingerprint
+
+    ps.validate()
+    vocab = int(model.cfg.d_vocab)
+    for name in ("clean", "corrupted", "answers", "wrong_answers", "answer_candidates"):
+        t = getattr(ps, name)
+        if t is None or t.numel() == 0:
+            continue
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= vocab:
+            bad = lo if lo < 0 else hi
+            raise PromptModelMismatch(
+                f"{what} (task {ps.task!r}) holds token id {bad} in {name}, outside the model's vocabulary "
+                f"(ids 0..{vocab - 1}); was it built with another tokenizer?")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and ps.n_pos > int(n_ctx):
+        raise PromptModelMismatch(
+            f"{what} (task {ps.task!r}) has prompts of {ps.n_pos} tokens, longer than the model's context of "
+            f"{int(n_ctx)}; use shorter prompts (fewer objects, shots or operands)")
+    recorded = ps.provenance.get("tokenizer_fingerprint")
+    tok = getattr(model, "tokenizer", None)
+    if recorded is not None and tok is not None and fingerprint(tok) != recorded:
+        raise PromptModelMismatch(
+            f"{what} (task {ps.task!r}) was built with tokenizer {ps.provenance.get('tokenizer')!r} "
+            f"(fingerprint {recorded}), not with this model's tokenizer "
+            f"{getattr(tok, 'name_or_path', type(tok).__name__)!r} (fingerprint {fingerprint(tok)}); "
+            "rebuild it with model.tokenizer")
+
+
+def prepare_prompts(model: Any, ps: PromptSet, what: str = "PromptSet") -> PromptSet:
+    """``ps`` checked against ``model`` (:func:`check_fits`) and moved to its device."""
+    if not isinstance(ps, PromptSet):
+        raise TypeError(f"{what} must be a PromptSet (build one with circuits.tasks.build_task), "
+                        f"got {type(ps).__name__}")
+    check_fits(model, ps, what)
+    return ps.to(model.cfg.device)
 
 
 def base_and_source(ps: PromptSet, direction: str) -> tuple[Tensor, Tensor]:
@@ -66,6 +130,8 @@ def position_specs(ps: PromptSet, positions: None | str | Sequence[str]) -> tupl
     """
     if positions is None:
         return [None], ["all"]
+    if not isinstance(positions, str):
+        positions = as_list(positions, "positions")
     if positions == "each":
         n = ps.clean.shape[1]
         return [torch.full((len(ps),), p, dtype=torch.long) for p in range(n)], [str(p) for p in range(n)]

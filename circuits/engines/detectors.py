@@ -24,7 +24,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from circuits.engines import runner
-from circuits.engines.common import model_settings
+from circuits.engines.common import model_settings, prepare_prompts
 from circuits.engines.scores import Scores
 from circuits.prompts import PromptSet
 
@@ -106,7 +106,7 @@ def repeated_random_tokens(model: Any, n: int = 20, length: int = 20, seed: int 
 def copy_scores(model: Any, ps: PromptSet, positions: Sequence[str] = ("IO", "S1"), top_k: int = 5,
                 negative: bool = False) -> Scores:
     """Fraction of the tokens at ``positions`` each head's OV circuit copies into its top-k logits."""
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     end = ps.positions["END"]
     _, store = runner.run_with_store(model, ps.clean, end, ["blocks.0.hook_resid_post"])
     resid = store["blocks.0.hook_resid_post"]

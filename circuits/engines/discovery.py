@@ -8,6 +8,7 @@ edge stays only if both its ends stay; repeated until nothing changes.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.engines.common import prepare_prompts
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.prompts import PromptSet
 
@@ -66,10 +68,15 @@ def _ranking(graph: EdgeGraph, scores: Tensor, absolute: bool) -> Tensor:
     return torch.argsort(s.flatten(), descending=True)
 
 
+def _edge_count(n: Any, graph: EdgeGraph) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= graph.n_edges:
+        raise ValueError(f"n must be an integer number of edges in [0, {graph.n_edges}], got {n!r}")
+    return n
+
+
 def select_topn(graph: EdgeGraph, scores: Tensor, n: int, *, absolute: bool = True, do_prune: bool = True) -> Tensor:
     """The n highest-scoring edges (by |score| when ``absolute``), then pruned."""
-    if not 0 <= n <= graph.n_edges:
-        raise ValueError(f"n must be in [0, {graph.n_edges}] (the number of edges), got {n}")
+    n = _edge_count(n, graph)
     mask = torch.zeros_like(graph.mask)
     mask.view(-1)[_ranking(graph, scores, absolute)[:n]] = True
     return prune(graph, mask) if do_prune else mask
@@ -85,8 +92,7 @@ def select_threshold(graph: EdgeGraph, scores: Tensor, tau: float, *, absolute: 
 
 def select_greedy(graph: EdgeGraph, scores: Tensor, n: int, *, absolute: bool = True, do_prune: bool = True) -> Tensor:
     """Grow from the logits: repeatedly add the best edge whose reader already belongs to the circuit."""
-    if not 0 <= n <= graph.n_edges:
-        raise ValueError(f"n must be in [0, {graph.n_edges}] (the number of edges), got {n}")
+    n = _edge_count(n, graph)
     own, is_logits = _owners(graph)
     s = (scores.abs() if absolute else scores).float().clone()
     s[~graph.mask] = -float("inf")
@@ -143,6 +149,14 @@ def _kl(logits: Tensor, ref: Tensor) -> Tensor:
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
+def check_tau(tau: Any) -> float:
+    """ACDC's threshold: a finite number >= 0, else a clear error (a negative or NaN tau removes nothing)."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"ACDC's threshold tau must be a finite number >= 0 (the largest change of the "
+                         f"objective an edge may make and still be removed), got {tau!r}")
+    return float(tau)
+
+
 @torch.no_grad()
 def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candidates: Tensor | None = None,
          ablation: str = "corrupted", reference: PromptSet | None = None, progress: bool = True,
@@ -159,8 +173,9 @@ def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candid
 
     if objective not in ("kl", "logit_diff"):
         raise ValueError(f"objective must be 'kl' or 'logit_diff', got {objective!r}")
+    check_tau(tau)
     graph = edge_graph(model)
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     mask = graph.mask.clone() if candidates is None else (candidates.bool() & graph.mask)
 
     def value(m: Tensor) -> float:

@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 
 from circuits.engines import runner
 from circuits.engines.attribution import _writer_acts, _writer_names
-from circuits.engines.common import Metric, answer_vocab, evaluate_metric, resolve_metric
+from circuits.engines.common import (
+    Metric,
+    answer_vocab,
+    check_fits,
+    evaluate_metric,
+    prepare_prompts,
+    resolve_metric,
+)
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.prompts import PromptSet
 
@@ -43,6 +50,8 @@ def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: Prompt
     if ablation == "zero":
         _, store = runner.run_with_store(model, ps.clean, end, names)
         return torch.zeros_like(_writer_acts(model, store))
+    if reference is not None:
+        check_fits(model, reference, "the ablation's reference PromptSet")
     ref = (reference or ps).to(ps.clean.device)
     _, store = runner.run_with_store(model, ref.clean, ref.positions["END"], names)
     acts = _writer_acts(model, store)  # [n_ref, P_ref, W, d]
@@ -155,7 +164,7 @@ def evaluate_edge_circuits(model: Any, ps: PromptSet, circuits: Sequence[Tensor]
     if ablation not in ABLATIONS:
         raise ValueError(f"edge ablation must be one of {ABLATIONS}, got {ablation!r}")
     fn, metric_name = resolve_metric(metric)
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     graph = edge_graph(model)
     for i, c in enumerate(circuits):
         if tuple(c.shape) != tuple(graph.mask.shape):

@@ -28,12 +28,15 @@ from circuits.engines.ablation import Ablation, ablation_values, edits_for, plac
 from circuits.engines.common import (
     Metric,
     answer_vocab,
+    as_list,
     evaluate_metric,
     model_settings,
+    prepare_prompts,
     resolve_metric,
 )
 from circuits.engines.interventions import run_variants
 from circuits.engines.nodes import Node, all_heads, all_mlps, check_nodes, parse_node
+from circuits.metrics import check_difference
 from circuits.prompts import PromptSet
 
 Placed = tuple[Node, str]
@@ -74,7 +77,11 @@ def evaluate_ablated(model: Any, ps: PromptSet, variants: Sequence[Sequence[Plac
     """Per-prompt metric [n_variants, b] of each ablation variant (one list of (node, where) per variant)."""
     ablation = ablation or Ablation()
     fn, metric_name = resolve_metric(metric)
-    ps = ps.to(model.cfg.device)
+    if tokens not in ("clean", "corrupted"):
+        raise ValueError(f"tokens must be 'clean' or 'corrupted', got {tokens!r}")
+    variants = [[(check_nodes(model, [parse_node(n)])[0], where) for n, where in as_list(v, f"variant {i}")]
+                for i, v in enumerate(as_list(variants, "variants"))]
+    ps = prepare_prompts(model, ps)
     run = ps.clean if tokens == "clean" else ps.corrupted
     sites = {(n.site, n.layer) for v in variants for n, _ in v}
     values = ablation_values(model, ps, run, sites, ablation) if sites else {}
@@ -93,7 +100,7 @@ class Faithfulness:
     complement: float
     faithfulness: float  # (circuit - empty) / (full - empty)
     complement_faithfulness: float  # (complement - empty) / (full - empty)
-    ci: dict[str, list[float]] = field(default_factory=dict)
+    ci: dict[str, list[float] | None] = field(default_factory=dict)  # None: undefined
     per_example: dict[str, list[float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -108,10 +115,15 @@ class Faithfulness:
                 "per_example": self.per_example}
 
 
-def _boot_ratio(num: Tensor, den: Tensor, n_boot: int = 1000, seed: int = 0) -> list[float]:
+def _boot_ratio(num: Tensor, den: Tensor, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% bootstrap interval of mean(num) / mean(den); None (undefined) when resampled
+    denominators vanish in more than 1% of the draws."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(num), (n_boot, len(num)), generator=g)
     r = num[idx].mean(1) / den[idx].mean(1)
+    r = r[torch.isfinite(r)]
+    if len(r) < 0.99 * n_boot:
+        return None
     return [float(torch.quantile(r, 0.025)), float(torch.quantile(r, 0.975))]
 
 
@@ -120,7 +132,7 @@ def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe:
                  memory_budget: int | None = None) -> Faithfulness:
     """Full model, circuit only, empty circuit and complement, in one batched evaluation."""
     ablation = ablation or Ablation()
-    circ = check_nodes(model, [parse_node(n) for n in circuit])
+    circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
     uni = resolve_universe(model, universe)
     unknown = [n.name for n in circ if n.unpositioned() not in set(uni)]
     if unknown:
@@ -129,6 +141,9 @@ def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe:
     full, c, empty, comp = evaluate_ablated(model, ps, variants, ablation=ablation, metric=metric,
                                             memory_budget=memory_budget)
     den = (full - empty).mean()
+    check_difference(full.mean(), empty.mean(), f"F(model) minus F(empty circuit) ({float(full.mean()):.4g} - "
+                                                f"{float(empty.mean()):.4g}: ablating the whole universe changes "
+                                                "nothing)")
     _, metric_name = resolve_metric(metric)
     return Faithfulness(
         float(full.mean()), float(c.mean()), float(empty.mean()), float(comp.mean()),
@@ -154,12 +169,13 @@ def completeness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, classes: 
 
     Returns one record per K, largest gap first: {"K", "kind", "F_C_minus_K", "F_M_minus_K", "gap"}.
     """
-    circ = check_nodes(model, [parse_node(n) for n in circuit])
+    circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
     uni = resolve_universe(model, universe)
     rng = random.Random(seed)
     ks: list[tuple[str, list[Node]]] = [("empty", [])]
     for name, members in (classes or {}).items():
-        ks.append((f"class:{name}", [parse_node(m).unpositioned() for m in members]))
+        nodes = check_nodes(model, [parse_node(m) for m in as_list(members, f"class {name!r}")])
+        ks.append((f"class:{name}", [m.unpositioned() for m in nodes]))
     ks += [("random", [n.unpositioned() for n in k]) for k in _subsets(circ, n_random, rng)]
     variants = []
     for _, k in ks:
@@ -180,7 +196,7 @@ def minimality(model: Any, ps: PromptSet, circuit: Sequence[Any], *, n_random: i
 
     Returns {node: {"score", "fraction_of_full", "K"}}; the IOI paper asks every node for >= 1% of F(M).
     """
-    circ = check_nodes(model, [parse_node(n) for n in circuit])
+    circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
     uni = resolve_universe(model, universe)
     rng = random.Random(seed)
     plan, variants = [], [[]]
@@ -198,6 +214,6 @@ def minimality(model: Any, ps: PromptSet, circuit: Sequence[Any], *, n_random: i
     for i, (v, k) in enumerate(plan):
         score = float((vals[1 + 2 * i] - vals[2 + 2 * i]).abs())
         if v.name not in out or score > out[v.name]["score"]:
-            out[v.name] = {"score": score, "fraction_of_full": score / abs(full) if full else float("nan"),
+            out[v.name] = {"score": score, "fraction_of_full": score / abs(full) if full else None,
                            "K": [n.name for n in k]}
     return out

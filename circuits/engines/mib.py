@@ -21,6 +21,7 @@ from circuits.engines.attribution import EdgeScores
 from circuits.engines.common import Metric, resolve_metric
 from circuits.engines.discovery import select_greedy, select_topn
 from circuits.engines.edge_patching import evaluate_edge_circuits
+from circuits.metrics import check_difference
 from circuits.prompts import PromptSet
 
 PERCENTAGES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -53,6 +54,8 @@ def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablatio
     vals = evaluate_edge_circuits(model, ps, [graph.mask, empty, *masks], ablation=ablation, reference=reference,
                                   metric=metric, memory_budget=memory_budget).mean(1)
     m_full, m_empty = float(vals[0]), float(vals[1])
+    check_difference(m_full, m_empty, f"the full model's metric minus the empty circuit's ({m_full:.4g} - "
+                                      f"{m_empty:.4g}: clean and corrupted prompts behave alike)")
     f = [(float(v) - m_empty) / (m_full - m_empty) for v in vals[2:]]
     cpr, cmd = area_under(list(percentages), f, log_scale)
     return {"percentages": list(percentages), "n_edges_requested": [int(p * graph.n_edges) for p in percentages],

@@ -22,10 +22,12 @@ from circuits.engines import runner
 from circuits.engines.common import (
     Metric,
     answer_vocab,
+    as_list,
     base_and_source,
     evaluate_metric,
     model_settings,
     position_specs,
+    prepare_prompts,
     resolve_metric,
 )
 from circuits.engines.interventions import Edit, run_variants
@@ -66,14 +68,15 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
     """
     s = get_site(site)
     fn, metric_name = resolve_metric(metric)
-    ps.validate()
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     ps_m, vocab = answer_vocab(ps, metric_name)
     with runner.restricted_vocab(vocab):
-        layers = [check_layer(model, int(x)) for x in (range(model.cfg.n_layers) if layers is None else layers)]
+        layers = [check_layer(model, x) for x in (range(model.cfg.n_layers) if layers is None
+                                                   else as_list(layers, "layers"))]
         head_ids: list[int | None] = [None]
         if s.head_dim is not None:
-            head_ids = [check_head(model, s, int(h)) for h in (range(n_heads_at(model, s)) if heads is None else heads)]
+            head_ids = [check_head(model, s, h) for h in (range(n_heads_at(model, s)) if heads is None
+                                                          else as_list(heads, "heads"))]
         elif heads is not None:
             raise ValueError(f"site {site!r} has no heads; drop heads=")
         pos_specs, pos_labels = position_specs(ps, positions)

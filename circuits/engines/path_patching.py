@@ -35,8 +35,10 @@ from circuits.engines import fastpaths, runner
 from circuits.engines.common import (
     Metric,
     answer_vocab,
+    as_list,
     evaluate_metric,
     model_settings,
+    prepare_prompts,
     resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
@@ -90,20 +92,23 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         (``baseline["base"]`` is the unpatched run the effects are measured from).
     """
     fn, metric_name = resolve_metric(metric)
-    ps.validate()
-    ps = ps.to(model.cfg.device)
+    ps = prepare_prompts(model, ps)
     ps_m, vocab = answer_vocab(ps, metric_name)
     with runner.restricted_vocab(vocab):
         if direction not in ("noise", "denoise"):
             raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
-        recv = [parse_receiver(r) for r in receivers]
+        recv = [parse_receiver(r) for r in as_list(receivers, "receivers")]
+        for name, pos in (("sender_position", sender_position), ("receiver_position", receiver_position)):
+            if pos is not None and pos not in ps.positions:
+                raise ValueError(f"{name} {pos!r} is not named in this PromptSet; it has {sorted(ps.positions)}")
         if not recv:
             raise ValueError("path_patching needs at least one receiver")
         if "logits" in recv and len(recv) > 1:
             raise ValueError("the logits receiver cannot be combined with head receivers")
         heads_recv = [r for r in recv if r != "logits"]
         check_nodes(model, [Node("head", layer, h) for layer, h, _ in heads_recv])
-        snd = check_nodes(model, [parse_node(s) for s in senders]) if senders is not None else all_heads(model)
+        snd = (check_nodes(model, [parse_node(s) for s in as_list(senders, "senders")]) if senders is not None
+               else all_heads(model))
         if any(s.kind != "head" for s in snd):
             raise ValueError("senders must be attention heads")
 

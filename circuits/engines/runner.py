@@ -198,6 +198,10 @@ def rows_per_forward(model: Any, seq_len: int, memory_budget: int | None = None)
     residual-sized tensors, its MLP hidden layer and its attention scores, plus the
     END logits row.
     """
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float))
+                                      or not memory_budget > 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes (e.g. 2 * 1024**3), "
+                         f"got {memory_budget!r}")
     cfg = model.cfg
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     elem = torch.finfo(cfg.dtype).bits // 8 if getattr(cfg, "dtype", None) is not None else 4

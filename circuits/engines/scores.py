@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.io import atomic_write_text
+from circuits.io import atomic_write_text, dumps
+from circuits.metrics import check_difference
 
 
 @dataclass
@@ -46,7 +47,9 @@ class Scores:
         """(value - corrupted) / (clean - corrupted): 1 = clean behaviour, 0 = corrupted."""
         if "clean" not in self.baseline or "corrupted" not in self.baseline:
             raise ValueError("normalized() needs clean and corrupted baselines")
-        return (self.values - self.baseline["corrupted"]) / (self.baseline["clean"] - self.baseline["corrupted"])
+        clean, corrupted = self.baseline["clean"], self.baseline["corrupted"]
+        check_difference(clean, corrupted, f"clean ({clean:.4g}) minus corrupted ({corrupted:.4g}) baseline")
+        return (self.values - corrupted) / (clean - corrupted)
 
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
         """Bootstrap confidence interval of the mean over prompts: (low, high), each [*axes]."""
@@ -63,8 +66,10 @@ class Scores:
 
     def top(self, k: int = 10, by: str = "abs") -> list[tuple[tuple[Any, ...], float]]:
         """The k largest cells as ((label per axis), value); ``by`` = abs | max | min."""
+        if by not in ("abs", "max", "min"):
+            raise ValueError(f"by must be 'abs', 'max' or 'min', got {by!r}")
         flat = self.values.flatten().float()
-        key = {"abs": flat.abs(), "max": flat, "min": -flat}[by]
+        key = torch.nan_to_num({"abs": flat.abs(), "max": flat, "min": -flat}[by], nan=-float("inf"))
         order = torch.argsort(key, descending=True)[:k]
         out = []
         for i in order.tolist():
@@ -83,15 +88,35 @@ class Scores:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scores:
+        """Inverse of :meth:`to_dict` (JSON's null, a cell not scored, becomes NaN again)."""
+        missing = [k for k in ("values", "axes") if k not in d]
+        if missing:
+            raise ValueError(f"Scores data lacks {missing}; expected what Scores.to_dict writes")
         pe = d.get("per_example")
-        return cls(torch.tensor(d["values"]), tuple(d["axes"]), None if pe is None else torch.tensor(pe),
+        return cls(_tensor(d["values"]), tuple(d["axes"]), None if pe is None else _tensor(pe),
                    d.get("labels", {}), d.get("baseline", {}), d.get("settings", {}))
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON (atomically)."""
-        atomic_write_text(path, json.dumps(self.to_dict()))
+        atomic_write_text(path, dumps(self.to_dict()))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Scores:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read Scores written by :meth:`save`; errors name the file."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r} is not a Scores JSON file: {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{str(path)!r} is not a valid Scores file: {e}") from None
+
+
+def _tensor(values: Any) -> Tensor:
+    """A float tensor of nested lists whose None entries (undefined cells) become NaN."""
+    def fill(x: Any) -> Any:
+        if isinstance(x, list):
+            return [fill(v) for v in x]
+        return float("nan") if x is None else x
+
+    return torch.tensor(fill(values), dtype=torch.float32)

@@ -23,6 +23,7 @@ of group g changes the keys/values every query head of that group reads.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +76,28 @@ def n_heads_at(model: Any, site: Site) -> int:
     return n_kv_heads(model) if site.kv else int(model.cfg.n_heads)
 
 
-def check_layer(model: Any, layer: int) -> int:
+def as_index(x: Any, what: str) -> int:
+    """``x`` as a plain int (ints, numpy ints, 0-d integer tensors); a float or bool is an error."""
+    if isinstance(x, bool):
+        raise TypeError(f"{what} must be an integer, got {x!r}")
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {x!r} ({type(x).__name__})") from None
+
+
+def check_layer(model: Any, layer: Any) -> int:
     n = int(model.cfg.n_layers)
-    if not isinstance(layer, int) or not 0 <= layer < n:
+    layer = as_index(layer, "layer")
+    if not 0 <= layer < n:
         raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{n - 1}")
     return layer
 
 
-def check_head(model: Any, site: Site, head: int) -> int:
+def check_head(model: Any, site: Site, head: Any) -> int:
     n = n_heads_at(model, site)
-    if not isinstance(head, int) or not 0 <= head < n:
+    head = as_index(head, "head")
+    if not 0 <= head < n:
         what = "KV groups" if site.kv else "heads"
         raise ValueError(f"head {head!r} out of range for site {site.name!r}: the model has {what} 0..{n - 1}")
     return head

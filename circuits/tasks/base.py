@@ -22,12 +22,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from circuits.prompts import PromptAlignmentError, PromptSet
+from circuits.tokenization import fingerprint
 
 _PIECE = re.compile(r"\{[A-Za-z0-9_]+\}|[^\W_]+|\S")
 SPLITS = ("all", "train", "test")
 HOLDOUT_MOD = 5  # 1 in 5 combinations is held out for the "test" split
+MAX_PROMPTS = 100_000  # a PromptSet beyond this is a mistake for these engines: build it in parts
+PROGRESS_FROM = 5_000  # show a progress bar when building at least this many prompts
+
+
+def check_n(n: Any) -> int:
+    """``n`` as a number of prompts: a positive int up to MAX_PROMPTS."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer number of prompts, got {n!r}")
+    if n > MAX_PROMPTS:
+        raise ValueError(f"n={n} prompts is more than the {MAX_PROMPTS} one PromptSet may hold; build several "
+                         "smaller sets (different seeds) instead")
+    return n
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int (every random choice in a task is drawn from it)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    return seed
 
 
 class TaskVocabularyError(ValueError):
@@ -80,6 +101,16 @@ def in_split(key: Iterable[Any], split: str) -> bool:
     return held_out if split == "test" else not held_out
 
 
+def unknown_token_id(tokenizer: Any) -> int | None:
+    """The id unknown words become: the declared unk token, else the one the Rust model uses
+    (a tokenizer can map words to ``<unk>`` without declaring it)."""
+    if tokenizer.unk_token_id is not None:
+        return int(tokenizer.unk_token_id)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    unk = getattr(getattr(backend, "model", None), "unk_token", None)
+    return None if not unk else backend.token_to_id(unk)
+
+
 class TokenizerView:
     """An HF tokenizer seen through what tasks need: names, ids, single-token probes."""
 
@@ -92,7 +123,7 @@ class TokenizerView:
         self.tok = tokenizer
         self.name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
         self.bos_id = tokenizer.bos_token_id
-        self.unk_id = tokenizer.unk_token_id
+        self.unk_id = unknown_token_id(tokenizer)
         pad = tokenizer.pad_token_id
         for alt in (tokenizer.eos_token_id, tokenizer.bos_token_id, 0):
             if pad is None:
@@ -271,6 +302,7 @@ def collect(spec: TaskSpec, view: TokenizerView, n: int, seed: int,
     rejected: dict[str, int] = {}
     drawn = 0
     round_ = 0
+    bar = tqdm(total=n, desc=f"building {spec.name}", disable=n < PROGRESS_FROM, leave=False)
     while len(kept) < n:
         missing = n - len(kept)
         # first round: a 10% margin (usually nothing is rejected); later rounds: double
@@ -283,6 +315,7 @@ def collect(spec: TaskSpec, view: TokenizerView, n: int, seed: int,
                 rejected[t] = rejected.get(t, 0) + 1
             elif len(kept) < n:
                 kept.append(t)
+                bar.update()
         n_rej = sum(rejected.values())
         if n_rej > max_reject_fraction * drawn and drawn >= 4 * n:
             worst = sorted(rejected.items(), key=lambda kv: -kv[1])[:5]
@@ -290,6 +323,7 @@ def collect(spec: TaskSpec, view: TokenizerView, n: int, seed: int,
                 f"task {spec.name!r}: {n_rej} of {drawn} drawn prompts do not tokenize cleanly in "
                 f"tokenizer {view.name!r}; most common reasons: {worst}"
             )
+    bar.close()
     return kept, rejected
 
 
@@ -354,7 +388,8 @@ def to_prompt_set(spec: TaskSpec, view: TokenizerView, items: list[Tokenized], u
         group_names=list(spec.template_names),
         answer_candidates=cands,
         answer_mask=mask,
-        provenance={"task": spec.name, "tokenizer": view.name, "prepend_bos": use_bos, "n": n, **provenance},
+        provenance={"task": spec.name, "tokenizer": view.name, "tokenizer_fingerprint": fingerprint(view.tok),
+                    "prepend_bos": use_bos, "n": n, **provenance},
     )
 
 
@@ -368,6 +403,13 @@ def prompt_set_from_texts(tokenizer: Any, clean: Sequence[str], corrupted: Seque
     (``answer_prefix + answer``) must be one token; otherwise a clear error names
     the offending pair or word.
     """
+    for name, value in (("clean", clean), ("corrupted", corrupted), ("answers", answers),
+                        ("wrong_answers", wrong_answers)):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise TypeError(f"{name} must be a list of strings, got {type(value).__name__} {value!r:.60}")
+        bad = [i for i, v in enumerate(value) if not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"{name}[{bad[0]}] must be a string, got {value[bad[0]]!r}")
     n = len(clean)
     if not (len(corrupted) == len(answers) == len(wrong_answers) == n):
         raise ValueError(
@@ -378,9 +420,18 @@ def prompt_set_from_texts(tokenizer: Any, clean: Sequence[str], corrupted: Seque
         raise ValueError("no prompts given")
     view = TokenizerView(tokenizer)
     use_bos = view.bos_id is not None if prepend_bos is None else prepend_bos
+    if use_bos and view.bos_id is None:
+        raise ValueError(f"prepend_bos=True but tokenizer {view.name!r} has no BOS token")
     bos = [view.bos_id] if use_bos else []
-    rows_c = [bos + ids for ids, _ in view.encode(list(clean))]
-    rows_k = [bos + ids for ids, _ in view.encode(list(corrupted))]
+    enc_c, enc_k = view.encode(list(clean)), view.encode(list(corrupted))
+    for texts, enc, which in ((clean, enc_c, "clean"), (corrupted, enc_k, "corrupted")):
+        for i, (text, (ids, offs)) in enumerate(zip(texts, enc)):
+            if view.unk_id is not None and view.unk_id in ids:
+                words = sorted({text[a:b] for t, (a, b) in zip(ids, offs) if t == view.unk_id})
+                raise TaskVocabularyError(f"{which} prompt {i} has words unknown to tokenizer {view.name!r} "
+                                          f"(they would become its unknown token): {words} in {text!r}")
+    rows_c = [bos + ids for ids, _ in enc_c]
+    rows_k = [bos + ids for ids, _ in enc_k]
     for i, (c, k) in enumerate(zip(rows_c, rows_k)):
         if len(c) != len(k):
             raise PromptAlignmentError(
@@ -395,6 +446,8 @@ def prompt_set_from_texts(tokenizer: Any, clean: Sequence[str], corrupted: Seque
             raise TaskVocabularyError(
                 f"answer {answer_prefix + w!r} is {len(ids)} tokens in tokenizer {view.name!r}; it must be one"
             )
+        if ids[0] == view.unk_id:
+            raise TaskVocabularyError(f"answer {answer_prefix + w!r} is unknown to tokenizer {view.name!r}")
         ans.append(ids[0])
     lengths = [len(r) for r in rows_c]
     L = max(lengths)
@@ -414,5 +467,6 @@ def prompt_set_from_texts(tokenizer: Any, clean: Sequence[str], corrupted: Seque
         answer_text=list(answers),
         wrong_text=list(wrong_answers),
         group_names=[task],
-        provenance={"task": task, "tokenizer": view.name, "prepend_bos": use_bos, "n": n},
+        provenance={"task": task, "tokenizer": view.name, "tokenizer_fingerprint": fingerprint(view.tok),
+                    "prepend_bos": use_bos, "n": n},
     )

@@ -10,6 +10,8 @@ from circuits.tasks.base import (
     Example,
     TaskSpec,
     TokenizerView,
+    check_n,
+    check_seed,
     collect,
     parse_template,
     render,
@@ -66,8 +68,8 @@ class Task:
     def build(self, tokenizer: Any, n: int, seed: int = 0, prepend_bos: bool | None = None,
               **options: Any) -> PromptSet:
         """Build ``n`` clean/corrupted pairs for ``tokenizer`` (seeded, deterministic)."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive number of prompts, got {n!r}")
+        check_n(n)
+        check_seed(seed)
         opts = self.options(**options)
         view = TokenizerView(tokenizer)
         pools: dict[str, list[str]] = {}

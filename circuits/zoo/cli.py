@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from circuits.io import atomic_write_text
+from circuits.io import atomic_write_json
 from circuits.zoo import ZOO_DIR, list_zoo
 
 
@@ -31,9 +30,8 @@ def _check(names: list[str], write_cards: bool = False) -> int:
         from circuits.zoo.cards import write_cards as write
 
         write(measured)
-        atomic_write_text(ZOO_DIR / "zoo-check.json", json.dumps(
-            {"measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]},
-            indent=2) + "\n")
+        atomic_write_json(ZOO_DIR / "zoo-check.json", {
+            "measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]})
     return 0 if all(ok for _, ok, _ in rows) else 1
 
 
