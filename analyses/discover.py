@@ -62,8 +62,11 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
     from circuits.engines.discovery import check_tau
     from circuits.io import run_folder
     from circuits.tasks import get_task
+    from circuits.tasks.base import check_n, check_seed
 
     get_task(task)  # clear errors for bad settings, before anything is loaded or computed
+    check_n(n)
+    check_seed(seed)
     check_tau(tau)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps (EAP-IG integration steps) must be a positive integer, got {steps!r}")

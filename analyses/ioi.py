@@ -65,7 +65,10 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
          out: str = "results") -> int:
     """Run the analysis; results/ioi/<model>/ is replaced as a unit when the run succeeds."""
     from circuits.io import run_folder
+    from circuits.tasks.base import check_n, check_seed
 
+    check_n(n)  # clear errors for bad settings, before anything is loaded or computed
+    check_seed(seed)
     final = os.path.join(out, "ioi", safe_name(model))
     with run_folder(final) as stage:  # fails here, before any compute, if ``out`` is not writable
         _run(model, n, seed, device, str(stage))

@@ -31,15 +31,21 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from circuits.engines.common import check_fits
+    from circuits.io import checked_folder
     from circuits.models import load_model
     from circuits.tasks import build_task, get_task
     from circuits.tasks.base import check_n, check_seed
 
-    options, _ = _options(args.options), get_task(args.task)  # bad input fails before the model loads
+    options = _options(args.options)  # bad input fails before the model loads
+    get_task(args.task).options(**options)
     check_n(args.n)
     check_seed(args.seed)
+    if args.out:
+        checked_folder(args.out)
     model = load_model(args.model, device=args.device)
     ps = build_task(args.task, model.tokenizer, n=args.n, seed=args.seed, **options)
+    check_fits(model, ps, f"the {args.task} prompts for {args.model}")
     print(json.dumps(ps.describe(), indent=2))
     if args.out:
         ps.save(args.out)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _checked_folder(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
+def checked_folder(path: str | os.PathLike) -> str:
+    """The folder ``path`` will be written in: created if missing, and checked to be writable."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -31,7 +32,7 @@ def _checked_folder(path: str) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, then rename."""
     path = os.fspath(path)
-    folder = _checked_folder(path)
+    folder = checked_folder(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:

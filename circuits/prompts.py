@@ -167,6 +167,8 @@ class PromptSet:
 
     def subset(self, idx: Sequence[int] | Tensor | slice) -> PromptSet:
         """The prompts at ``idx`` (indices, bool mask or slice), trimmed of unused padding."""
+        if isinstance(idx, (str, bytes, float)):
+            raise TypeError(f"subset takes prompt indices, a bool mask or a slice, got {idx!r}")
         if isinstance(idx, slice):
             idx = torch.arange(len(self))[idx]
         idx = torch.as_tensor(idx)

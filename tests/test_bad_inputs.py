@@ -134,6 +134,16 @@ def test_an_empty_prompt_set_is_refused(ps):
         replace(ps, clean=ps.clean[:0])
 
 
+def test_a_string_is_not_a_subset(ps):
+    with pytest.raises(TypeError, match="subset takes prompt indices"):
+        ps.subset("IO")
+
+
+def test_an_ablation_seed_must_be_an_integer():
+    with pytest.raises(TypeError, match="Ablation seed must be an integer, got 'x'"):
+        Ablation("resample", seed="x")
+
+
 def test_float_token_tensors_are_refused(ps):
     with pytest.raises(TypeError, match="clean must hold integer token ids"):
         replace(ps, clean=ps.clean.float())
@@ -367,6 +377,9 @@ def test_an_unwritable_output_fails_before_any_compute(tmp_path, monkeypatch):
     (["discover", "--tau", "-1"], "tau must be a finite number >= 0"),
     (["discover", "--tau", "nan"], "tau must be a finite number >= 0"),
     (["zoo", "check", "nosuchmodel"], "unknown zoo model"),
+    (["build", "colored_objects", "--options", '{"shots": 1, "n_objects": 5}', "--n", "2"],
+     "longer than the model's context of 64"),
+    (["ioi", "--n", "0"], "n must be a positive integer"),
 ])
 def test_cli_errors_are_one_line_with_a_nonzero_exit(argv, match, capsys, tmp_path):
     from circuits.cli import main

@@ -52,6 +52,10 @@ class Ablation:
             raise ValueError(f"ablation method must be one of {METHODS}, got {self.method!r}")
         if self.reference_tokens not in ("clean", "corrupted"):
             raise ValueError(f"reference_tokens must be 'clean' or 'corrupted', got {self.reference_tokens!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"Ablation seed must be an integer, got {self.seed!r}")
+        if self.reference is not None and not isinstance(self.reference, PromptSet):
+            raise TypeError(f"Ablation reference must be a PromptSet, got {type(self.reference).__name__}")
 
     def describe(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "reference"}
