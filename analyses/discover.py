@@ -79,6 +79,7 @@ def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int 
 
 def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: str, steps: int, tau: float,
          n_boot: int) -> None:
+    from circuits.engines import fastpaths
     from circuits.engines.agreement import agreement_report
     from circuits.engines.attribution import EdgeScores, attribute_edges
     from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
@@ -167,7 +168,7 @@ def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: s
         "acdc": ac.to_dict(), "eap_ig_circuit": circuit.to_dict(), "agreement": agreement,
         "top_edges": {k: s.ranked()[:20] for k, s in scores.items() if k != "ACDC"},
         "timings_s": timings, "figures": [os.path.relpath(f, folder) for f in figs],
-        "versions": versions(),
+        "versions": versions(), "fast_paths": fastpaths.report(m),
         "seconds": round(time.time() - t0, 2),
     }
     path = os.path.join(folder, "discover.json")

@@ -79,6 +79,7 @@ def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | 
 @torch.no_grad()
 def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None:
     from circuits import metrics
+    from circuits.engines import fastpaths
     from circuits.engines.ablation import Ablation
     from circuits.engines.detectors import copy_scores
     from circuits.engines.faithfulness import completeness, faithfulness, minimality
@@ -219,7 +220,7 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
         "completeness": comp, "minimality": mini,
         "copy_scores": copy.values.tolist(),
         "figures": [os.path.relpath(f, folder) for f in figs],
-        "versions": versions(),
+        "versions": versions(), "fast_paths": fastpaths.report(m),
         "seconds": round(time.time() - t0, 2),
     }
     path = os.path.join(folder, "ioi.json")

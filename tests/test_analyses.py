@@ -17,7 +17,7 @@ def test_ioi_analysis_writes_json_and_figures(model_dirs, tmp_path, capsys):
     folders = os.listdir(tmp_path / "ioi")
     assert len(folders) == 1
     folder = tmp_path / "ioi" / folders[0]
-    r = json.loads((folder / "ioi.json").read_text())
+    r = json.loads((folder / "ioi.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in ioi.json"))
     for stem in ("patching", "path_patching", "circuit"):
         for ext in ("pdf", "png"):
             assert (folder / f"{stem}.{ext}").stat().st_size > 1000
@@ -25,6 +25,8 @@ def test_ioi_analysis_writes_json_and_figures(model_dirs, tmp_path, capsys):
     assert len(r["head_patching"]["noise"]["normalized"]) == 2  # layers
     assert "logits" in r["path_patching"]
     assert r["settings"]["n"] == 8 and r["versions"]["torch"]
+    assert r["fast_paths"]["block_replay"]["on"] is True  # the record of what ran, with reasons
+    assert sorted(os.listdir(tmp_path / "ioi")) == folders  # published as a unit: no staging folder left
     assert r["baseline"]["abc"]["prompts"]
     out = capsys.readouterr().out
     assert "IOI on" in out and "wrote" in out
