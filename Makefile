@@ -55,8 +55,10 @@ lock: setup
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/python -m pip install -q "torch==$(TORCH)"
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "torch==$(TORCH)" > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch-constraint.txt "torch==$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager \
+		-c $(LATEST)/torch-constraint.txt -e ".[dev]"
 	$(LATEST)/bin/python -m pip list --format=freeze | grep -i -E '^(torch|transformers|transformer-lens|tokenizers)=='
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
 
