@@ -121,6 +121,15 @@ def test_prompts_longer_than_the_context_are_refused():
         activation_patching(model, long, "z", progress=False)
 
 
+def test_a_task_refuses_prompts_longer_than_its_tokenizer_allows(word_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(word_tokenizer)
+    tok.model_max_length = 16
+    with pytest.raises(ValueError, match="longer than tokenizer .* model_max_length of 16"):
+        build_task("colored_objects", tok, n=2, seed=0)
+
+
 def test_an_ablation_reference_of_another_tokenizer_is_refused(gpt2, ps, bpe_tokenizer):
     ref = build_task("ioi", bpe_tokenizer, n=4, seed=1)
     with pytest.raises(PromptModelMismatch, match="reference PromptSet"):

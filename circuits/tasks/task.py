@@ -92,7 +92,12 @@ class Task:
             "words_dropped": {k: v for k, v in dropped.items() if v},
             "prompts_rejected": rejected,
         }
-        return to_prompt_set(spec, view, items, use_bos, provenance)
+        ps = to_prompt_set(spec, view, items, use_bos, provenance)
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and limit < 10**6 and ps.n_pos > limit:  # tokenizers that know their model's
+            raise ValueError(f"task {self.name!r} built prompts of {ps.n_pos} tokens, longer than tokenizer "
+                             f"{view.name!r}'s model_max_length of {limit}; use shorter prompts ({opts})")
+        return ps
 
     def texts(self, n: int, seed: int = 0, **options: Any) -> list[tuple[str, str, int]]:
         """``n`` rendered (prompt, answer, template id) triples, no tokenizer needed.
