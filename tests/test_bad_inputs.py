@@ -288,7 +288,7 @@ def test_unknown_positions_in_path_patching_are_named_before_compute(gpt2, ps, m
 
 
 def test_out_of_range_nodes_are_named(gpt2, ps):
-    from circuits.engines.nodes import parse_node
+    from circuits.names import parse_node
 
     with pytest.raises(ValueError, match="head 99 out of range"):
         evaluate_ablated(gpt2, ps, [[(parse_node("a0.h99"), "all")]])

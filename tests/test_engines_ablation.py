@@ -8,7 +8,7 @@ import torch
 
 from circuits.engines.ablation import Ablation
 from circuits.engines.faithfulness import completeness, evaluate_ablated, faithfulness, minimality
-from circuits.engines.nodes import Node, parse_node
+from circuits.names import Node, parse_node
 from circuits.tasks import build_task
 from tests.reference_engines import metric_full
 

@@ -30,7 +30,7 @@ from circuits.engines import runner
 from circuits.engines.common import check_fits
 from circuits.engines.interventions import Edit
 from circuits.engines.nodes import Node
-from circuits.engines.sites import Site, hook_name
+from circuits.engines.sites import Site, hook_name, site_of
 from circuits.prompts import PromptSet
 
 METHODS = ("zero", "mean", "resample", "cama", "corrupted")
@@ -193,7 +193,7 @@ def edits_for(ablated: Sequence[tuple[Node, str]], values: dict[str, Tensor], ps
     """Edits that ablate each (node, where) with the precomputed values."""
     edits = []
     for node, where in ablated:
-        site = node.site
+        site = site_of(node)
         edits.append(Edit(site, node.layer, values[hook_name(site, node.layer)],
                           node.head if node.kind == "head" else None, where_mask(ps, where)))
     return edits

@@ -20,6 +20,7 @@ from circuits.engines.attribution import attribute_edges, attribute_nodes
 from circuits.engines.common import Metric
 from circuits.engines.edge_patching import evaluate_edge_circuits
 from circuits.engines.patching import activation_patching
+from circuits.names import Node
 from circuits.prompts import PromptSet
 
 
@@ -59,7 +60,7 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
     exact_nodes = activation_patching(model, ps, "z", direction="noise", metric=metric, progress=False)
     exact_node_effect = exact_nodes.baseline["clean"] - exact_nodes.values
     n_layers, n_heads = exact_node_effect.shape
-    node_names = [f"a{layer}.h{h}" for layer in range(n_layers) for h in range(n_heads)]
+    node_names = [Node("head", layer, h).name for layer in range(n_layers) for h in range(n_heads)]
 
     scores = attribute_edges(model, ps, method=method, steps=steps, metric=metric)
     g = scores.graph
@@ -80,7 +81,7 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
     vals = evaluate_edge_circuits(model, ps, [g.mask, *circuits], metric=metric).mean(1)
     exact_edge = vals[0] - vals[1:]
     approx_edge = flat[chosen]
-    edge_names = [f"{g.writers[int(idx[i, 0])]}->{g.readers[int(idx[i, 1])]}" for i in chosen.tolist()]
+    edge_names = [g.edge(int(idx[i, 0]), int(idx[i, 1])) for i in chosen.tolist()]
 
     bad_nodes = _sign_check(node_names, node_attr.flatten(), exact_node_effect.flatten(), top)
     bad_edges = _sign_check(edge_names, approx_edge, exact_edge, top)

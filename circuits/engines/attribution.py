@@ -65,7 +65,7 @@ class EdgeScores:
         idx = torch.nonzero(self.graph.mask)
         vals = self.scores.detach()[idx[:, 0], idx[:, 1]]
         order = torch.argsort(vals.abs() if absolute else vals, descending=True)
-        return [(EdgeGraph.edge_name(self.graph.writers[int(idx[i, 0])], self.graph.readers[int(idx[i, 1])]),
+        return [(self.graph.edge(int(idx[i, 0]), int(idx[i, 1])),
                  float(vals[i])) for i in order]
 
     def to_dict(self) -> dict[str, Any]:

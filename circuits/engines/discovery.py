@@ -20,28 +20,20 @@ from tqdm.auto import tqdm
 
 from circuits.engines.common import prepare_prompts
 from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.names import Node, parse_edge, parse_reader
 from circuits.prompts import PromptSet
 
 
 def _owners(graph: EdgeGraph) -> tuple[Tensor, Tensor]:
     """(reader -> writer node matrix [W, R]: reader r belongs to writer w, logits-reader flags [R])."""
     own = torch.zeros(len(graph.writers), len(graph.readers), dtype=torch.bool)
-    group = graph.n_heads // graph.n_kv_heads
     for r, name in enumerate(graph.readers):
-        if name == "logits":
-            continue
-        if name.startswith("m"):
-            own[graph.writer_index[name], r] = True
-            continue
-        head_part = name.split("<")[0]
-        layer, idx = head_part[1:].split(".")
-        if idx.startswith("g"):  # a KV group reader belongs to every head of the group
-            g = int(idx[1:])
-            for h in range(g * group, (g + 1) * group):
-                own[graph.writer_index[f"a{layer}.h{h}"], r] = True
-        else:
-            own[graph.writer_index[f"a{layer}.{idx}"], r] = True
-    is_logits = torch.tensor([n == "logits" for n in graph.readers])
+        reader = parse_reader(name)
+        if reader.kind == "mlp":
+            own[graph.writer_index[Node("mlp", reader.layer).name], r] = True
+        for h in reader.heads(graph.n_heads, graph.n_kv_heads):  # a KV group reader: every head of the group
+            own[graph.writer_index[Node("head", reader.layer, h).name], r] = True
+    is_logits = torch.tensor([parse_reader(n).kind == "logits" for n in graph.readers])
     return own, is_logits
 
 
@@ -122,20 +114,23 @@ class EdgeCircuit:
     @classmethod
     def from_mask(cls, graph: EdgeGraph, mask: Tensor, **settings: Any) -> EdgeCircuit:
         idx = torch.nonzero(mask & graph.mask)
-        return cls([f"{graph.writers[int(w)]}->{graph.readers[int(r)]}" for w, r in idx], settings)
+        return cls([graph.edge(int(w), int(r)) for w, r in idx], settings)
 
     def mask(self, graph: EdgeGraph) -> Tensor:
+        """The circuit as a boolean mask over ``graph``'s edges."""
         m = torch.zeros_like(graph.mask)
         for e in self.edges:
-            m[graph.index(*EdgeGraph.parse_edge(e))] = True
+            w, r = parse_edge(e)
+            m[graph.index(w.name, r.name)] = True
         return m
 
     def nodes(self) -> list[str]:
+        """Writers and reader owners (``a2.h1`` for ``a2.h1<q>``, ``a2.g0`` for a KV group) of the edges."""
         out = set()
         for e in self.edges:
-            w, r = EdgeGraph.parse_edge(e)
-            out.add(w)
-            out.add(r.split("<")[0])
+            w, r = parse_edge(e)
+            out.add(w.name)
+            out.add(r.owner())
         return sorted(out)
 
     def to_dict(self) -> dict[str, Any]:

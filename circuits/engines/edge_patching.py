@@ -34,6 +34,7 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.names import Reader
 from circuits.prompts import PromptSet
 
 ABLATIONS = ("corrupted", "mean", "zero")
@@ -116,9 +117,9 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
         for comp, w, bname in (("q", attn.W_Q, "b_Q"), ("k", attn.W_K, "b_K"), ("v", attn.W_V, "b_V")):
             n_idx = w.shape[0]
             if comp == "q" or not graph.gqa:
-                names = [f"a{layer}.h{h}<{comp}>" for h in range(n_idx)]
+                names = [Reader("head", layer, h, comp).name for h in range(n_idx)]
             else:
-                names = [f"a{layer}.g{g}<{comp}>" for g in range(n_idx)]
+                names = [Reader("group", layer, g, comp).name for g in range(n_idx)]
             ridx = [graph.reader_index[nm] for nm in names]
 
             def recompute(act, hook, layer=layer, w=w, bname=bname, ridx=ridx):
@@ -139,7 +140,7 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
             add_writers(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
             return z
         hooks.append((f"blocks.{layer}.attn.hook_z", take_heads))
-        r_mlp = [graph.reader_index[f"m{layer}"]]
+        r_mlp = [graph.reader_index[Reader("mlp", layer).name]]
 
         def mlp_in(x, hook, r_mlp=r_mlp):
             # parallel blocks: the MLP reads the layer input, so this layer's heads are not upstream
@@ -147,7 +148,7 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
             return shifted(x, r_mlp, upto)[:, :, 0]
         hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in))
         hooks.append((f"blocks.{layer}.hook_mlp_out", lambda x, hook: add_writers(x[:, :, None]) or x))
-    r_log = [graph.reader_index["logits"]]
+    r_log = [graph.reader_index[Reader("logits").name]]
     hooks.append(("ln_final.hook_in", lambda x, hook: shifted(x, r_log)[:, :, 0]))
     return hooks
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuits.names import Node, Reader, edge_name, level, parse_node, parse_reader
+
 
 @dataclass
 class EdgeGraph:
@@ -62,39 +64,24 @@ class EdgeGraph:
             raise ValueError(f"{writer}->{reader} is not an edge: the writer does not come before the reader")
         return w, r
 
-    @staticmethod
-    def edge_name(writer: str, reader: str) -> str:
-        return f"{writer}->{reader}"
-
-    @staticmethod
-    def parse_edge(name: str) -> tuple[str, str]:
-        if "->" not in name:
-            raise ValueError(f"bad edge name {name!r}: expected WRITER->READER, e.g. a0.h1->a2.h3<q>")
-        w, r = name.split("->", 1)
-        return w, r
+    def edge(self, w: int, r: int) -> str:
+        """The name of the edge at mask cell [w, r]."""
+        return edge_name(self.writers[w], self.readers[r])
 
     def reader_layer(self, reader: str) -> float:
         """Where a reader sits: heads of layer L at L, the MLP of L at L + 0.5, logits at n_layers."""
-        if reader == "logits":
-            return float(self.n_layers)
-        layer = int(reader[1:].split(".")[0].split("<")[0])
-        return layer + (0.5 if reader.startswith("m") else 0.0)
+        return level(parse_reader(reader), self.n_layers)
 
     def writer_layer(self, writer: str) -> float:
-        if writer == "input":
-            return -1.0
-        layer = int(writer[1:].split(".")[0])
-        return layer + (0.5 if writer.startswith("m") else 0.0)
+        """Where a writer sits: input at -1, heads of layer L at L, the MLP of L at L + 0.5."""
+        return level(parse_node(writer), self.n_layers)
 
 
 def head_readers(layer: int, n_heads: int, n_kv: int) -> list[str]:
     """Reader names of one layer's attention: queries per head, keys/values per head or KV group."""
-    names = [f"a{layer}.h{h}<q>" for h in range(n_heads)]
-    if n_kv == n_heads:
-        names += [f"a{layer}.h{h}<{c}>" for c in "kv" for h in range(n_heads)]
-    else:
-        names += [f"a{layer}.g{g}<{c}>" for c in "kv" for g in range(n_kv)]
-    return names
+    kv = "head" if n_kv == n_heads else "group"
+    return ([Reader("head", layer, h, "q").name for h in range(n_heads)]
+            + [Reader(kv, layer, i, c).name for c in "kv" for i in range(n_kv)])
 
 
 def edge_graph(model: Any) -> EdgeGraph:
@@ -106,8 +93,8 @@ def edge_graph(model: Any) -> EdgeGraph:
     writers = ["input"]
     readers: list[str] = []
     for layer in range(n_layers):
-        writers += [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]
-        readers += head_readers(layer, n_heads, n_kv) + [f"m{layer}"]
+        writers += [Node("head", layer, h).name for h in range(n_heads)] + [Node("mlp", layer).name]
+        readers += head_readers(layer, n_heads, n_kv) + [Reader("mlp", layer).name]
     readers.append("logits")
     g = EdgeGraph(writers, readers, torch.zeros(len(writers), len(readers), dtype=torch.bool), n_layers, n_heads,
                   n_kv, parallel)
@@ -116,8 +103,8 @@ def edge_graph(model: Any) -> EdgeGraph:
     mask = w_pos[:, None] < r_pos[None, :]
     if parallel:  # the MLP of layer L reads the layer input, not the heads of L
         for layer in range(n_layers):
-            r = g.reader_index[f"m{layer}"]
+            r = g.reader_index[Reader("mlp", layer).name]
             for h in range(n_heads):
-                mask[g.writer_index[f"a{layer}.h{h}"], r] = False
+                mask[g.writer_index[Node("head", layer, h).name], r] = False
     g.mask = mask
     return g

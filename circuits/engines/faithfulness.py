@@ -36,6 +36,7 @@ from circuits.engines.common import (
 )
 from circuits.engines.interventions import run_variants
 from circuits.engines.nodes import Node, all_heads, all_mlps, check_nodes, parse_node
+from circuits.engines.sites import site_of
 from circuits.metrics import check_difference
 from circuits.prompts import PromptSet
 
@@ -83,7 +84,7 @@ def evaluate_ablated(model: Any, ps: PromptSet, variants: Sequence[Sequence[Plac
                 for i, v in enumerate(as_list(variants, "variants"))]
     ps = prepare_prompts(model, ps)
     run = ps.clean if tokens == "clean" else ps.corrupted
-    sites = {(n.site, n.layer) for v in variants for n, _ in v}
+    sites = {(site_of(n), n.layer) for v in variants for n, _ in v}
     values = ablation_values(model, ps, run, sites, ablation) if sites else {}
     edit_lists = [edits_for(v, values, ps) for v in variants]
     ps_m, vocab = answer_vocab(ps, metric_name)

@@ -24,7 +24,6 @@ patches the keys/values of the head's KV group, which every head of the group re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,21 +43,19 @@ from circuits.engines.common import (
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
 from circuits.engines.scores import Scores
 from circuits.engines.sites import n_kv_heads
+from circuits.names import BadName, Reader, parse_reader
 from circuits.prompts import PromptSet
-
-_RECEIVER = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
 
 
 def parse_receiver(spec: Any) -> tuple[int, int, str] | str:
     """'logits', 'a9.h6<q>' or (9, 6, 'q') -> 'logits' | (layer, head, component)."""
-    if spec == "logits":
-        return "logits"
-    if isinstance(spec, tuple) and len(spec) == 3 and spec[2] in ("q", "k", "v"):
-        return int(spec[0]), int(spec[1]), str(spec[2])
-    m = _RECEIVER.match(str(spec))
-    if not m:
+    try:
+        reader = parse_reader(spec)
+    except BadName:
+        reader = None
+    if reader is None or reader.kind not in ("head", "logits"):
         raise ValueError(f"bad receiver {spec!r}: expected 'logits', 'a{{L}}.h{{H}}<q|k|v>' or (L, H, 'q')")
-    return int(m[1]), int(m[2]), m[3]
+    return "logits" if reader.kind == "logits" else (reader.layer, int(reader.index), str(reader.component))
 
 
 def _freeze_hook(base: torch.Tensor, keep_tiles: list[int], n: int):
@@ -253,7 +250,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                       {"clean": float(evaluate_metric(fn, clean_logits, ps_m).mean()),
                        "corrupted": float(evaluate_metric(fn, corrupted_logits, ps_m).mean()),
                        "base": float(base_vals.mean())},
-                      {"engine": "path_patching", "receivers": [r if r == "logits" else f"a{r[0]}.h{r[1]}<{r[2]}>"
+                      {"engine": "path_patching", "receivers": [r if r == "logits" else Reader("head", *r).name
                                                                 for r in recv],
                        "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
                        "direct_shortcut": bool(fast), "one_layer_shortcut": bool(one_layer),

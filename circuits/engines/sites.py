@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuits.names import Node
+
 
 @dataclass(frozen=True)
 class Site:
@@ -52,6 +54,14 @@ SITES: dict[str, Site] = {
     "v": Site("v", "blocks.{layer}.attn.hook_v", 2, 1, kv=True),
     "pattern": Site("pattern", "blocks.{layer}.attn.hook_pattern", 1, 2),
 }
+
+
+def site_of(node: Node) -> Site:
+    """The activation that holds a node: a head's output (z), an MLP's output, the residual entering a layer."""
+    kinds = {"head": "z", "mlp": "mlp_out", "resid": "resid_pre"}
+    if node.kind not in kinds:
+        raise ValueError(f"node {node.name} has no activation to intervene on")
+    return SITES[kinds[node.kind]]
 
 
 def get_site(name: str) -> Site:
