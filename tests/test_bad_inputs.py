@@ -22,10 +22,10 @@ from circuits.engines.edges import edge_graph
 from circuits.engines.faithfulness import completeness, evaluate_ablated, faithfulness
 from circuits.engines.patching import activation_patching
 from circuits.engines.path_patching import path_patching
-from circuits.engines.scores import Scores
 from circuits.metrics import UndefinedMetricError
 from circuits.models import ModelLoadError, load_model
 from circuits.prompts import PromptSet
+from circuits.scores import Scores
 from circuits.tasks import TaskVocabularyError, build_task, prompt_set_from_texts
 from tests.conftest import write_tiny_model
 

@@ -23,8 +23,8 @@ from circuits.engines.edge_patching import evaluate_edge_circuits
 from circuits.engines.edges import edge_graph
 from circuits.engines.faithfulness import evaluate_ablated
 from circuits.engines.mib import area_under, faithfulness_curve
-from circuits.names import Node
 from circuits.engines.path_patching import path_patching
+from circuits.names import Node
 from circuits.tasks import build_task
 from tests.planted import planted_prompts, write_planted_model
 

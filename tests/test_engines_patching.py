@@ -9,7 +9,7 @@ import transformer_lens.patching as tlp
 
 from circuits import metrics
 from circuits.engines.patching import activation_patching
-from circuits.engines.scores import Scores
+from circuits.scores import Scores
 from tests.conftest import ENGINE_ARCHS
 from tests.reference_engines import naive_patch
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from circuits.names import BadName, Node, Reader, edge_name, level, parse_edge, parse_node, parse_reader
+from circuits.names import (
+    BadName,
+    Node,
+    Reader,
+    edge_name,
+    level,
+    parse_edge,
+    parse_node,
+    parse_reader,
+)
 
 
 @pytest.mark.parametrize("name, node", [

@@ -41,8 +41,8 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
-from circuits.engines.scores import Scores
 from circuits.prompts import PromptSet
+from circuits.scores import Scores
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
 

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from circuits.engines import runner
 from circuits.engines.common import model_settings, prepare_prompts
-from circuits.engines.scores import Scores
 from circuits.prompts import PromptSet
+from circuits.scores import Scores
 
 
 def _scores(values: Tensor, model: Any, what: str, **settings: Any) -> Scores:

@@ -31,9 +31,9 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.interventions import Edit, run_variants
-from circuits.engines.scores import Scores
 from circuits.engines.sites import check_head, check_layer, get_site, hook_name, n_heads_at
 from circuits.prompts import PromptSet
+from circuits.scores import Scores
 
 
 def shared_prefix(base: Int[Tensor, "batch pos"], source: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"]) -> int:

@@ -41,10 +41,10 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
-from circuits.engines.scores import Scores
 from circuits.engines.sites import n_kv_heads
 from circuits.names import BadName, Reader, parse_reader
 from circuits.prompts import PromptSet
+from circuits.scores import Scores
 
 
 def parse_receiver(spec: Any) -> tuple[int, int, str] | str:
