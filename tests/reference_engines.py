@@ -10,6 +10,11 @@ import torch
 from circuits import metrics
 
 
+def block(layer: int) -> str:
+    """Hook names spelled out here, independently of the library's site table."""
+    return "blocks." + str(layer) + "."
+
+
 def metric_full(model, tokens, ps, hooks=()):
     logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))
     return metrics.logit_diff(logits, ps, reduce="none")
@@ -50,7 +55,7 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
     group = model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
     hooks = []
     for layer in range(n_layers):
-        name = f"blocks.{layer}.attn.hook_z"
+        name = block(layer) + "attn.hook_z"
 
         def freeze_z(act, hook, name=name, layer=layer):
             out = bc[name].clone()
@@ -62,12 +67,12 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
             return out
         hooks.append((name, freeze_z))
         if freeze_mlps:
-            mname = f"blocks.{layer}.hook_mlp_out"
+            mname = block(layer) + "hook_mlp_out"
             hooks.append((mname, lambda act, hook, mname=mname: bc[mname].clone()))
     if receivers == "logits":
         return metric_full(model, base, ps, hooks)
     captured = {}
-    names = {f"blocks.{layer}.attn.hook_{c}" for layer, _, c in receivers}
+    names = {block(layer) + "attn.hook_" + c for layer, _, c in receivers}
     for name in names:
         def cap(act, hook, name=name):
             captured[name] = act.clone()
@@ -75,7 +80,7 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
     model.run_with_hooks(base, fwd_hooks=hooks)
     d_hooks = []
     for layer, h, c in receivers:
-        name = f"blocks.{layer}.attn.hook_{c}"
+        name = block(layer) + "attn.hook_" + c
         idx = h if c == "q" else h // group
 
         def put(act, hook, name=name, idx=idx):
@@ -104,7 +109,7 @@ def reader_gradient(model, ps, reader):
         hooks = [("ln_final.hook_in", lambda x, hook: leaf(x))]
     elif reader.startswith("m"):
         layer = int(reader[1:])
-        hooks = [(f"blocks.{layer}.ln2.hook_in", lambda x, hook: leaf(x))]
+        hooks = [(block(layer) + "ln2.hook_in", lambda x, hook: leaf(x))]
     else:
         head_part, comp = reader[:-3], reader[-2]
         layer = int(head_part[1:].split(".")[0])
@@ -125,7 +130,7 @@ def reader_gradient(model, ps, reader):
             act[:, :, idx] = new
             return act
 
-        hooks = [(f"blocks.{layer}.ln1.hook_in", grab_resid), (f"blocks.{layer}.attn.hook_{comp}", replace)]
+        hooks = [(block(layer) + "ln1.hook_in", grab_resid), (block(layer) + "attn.hook_" + comp, replace)]
     for p in model.parameters():
         p.requires_grad_(False)
     try:
@@ -146,9 +151,9 @@ def writer_delta(model, ps, writer):
         name = "blocks.0.hook_resid_pre"
         return clean[name] - corr[name]
     if writer.startswith("m"):
-        name = f"blocks.{int(writer[1:])}.hook_mlp_out"
+        name = block(int(writer[1:])) + "hook_mlp_out"
         return clean[name] - corr[name]
     layer, h = int(writer[1:].split(".")[0]), int(writer.split(".")[1][1:])
-    name = f"blocks.{layer}.attn.hook_z"
+    name = block(layer) + "attn.hook_z"
     w_o = model.blocks[layer].attn.W_O[h]
     return (clean[name][:, :, h] - corr[name][:, :, h]) @ w_o

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuits.engines import fastpaths, runner
+from circuits.engines.sites import hook_at
 from tests.conftest import ARCHS
 
 
@@ -42,8 +43,8 @@ def test_end_only_mlp_stands_aside_for_hooks_on_the_last_mlp(loaded_models):
         seen["mlp_out"] = x.detach().clone()
 
     _, cache = model.run_with_cache(ps.clean)
-    runner.end_logits(model, ps.clean, ps.positions["END"], [(f"blocks.{last}.hook_mlp_out", grab)])
-    torch.testing.assert_close(seen["mlp_out"], cache[f"blocks.{last}.hook_mlp_out"])
+    runner.end_logits(model, ps.clean, ps.positions["END"], [(hook_at("mlp_out", last), grab)])
+    torch.testing.assert_close(seen["mlp_out"], cache[hook_at("mlp_out", last)])
     assert seen["mlp_out"][:, 0].abs().sum() > 0
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuits import metrics
+from circuits.engines.sites import hook_at
 from circuits.models import load_model
 from circuits.tasks import build_task
 from circuits.zoo import ZOO_DIR, list_zoo
@@ -88,7 +89,7 @@ def knock_out_end_attention(model, ps):
         p[rows, :, end, end] = 1.0
         return p
 
-    return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in range(model.cfg.n_layers)]
+    return [(hook_at("pattern", layer), hook) for layer in range(model.cfg.n_layers)]
 
 
 

@@ -41,6 +41,7 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.engines.sites import hook_at
 from circuits.prompts import PromptSet
 from circuits.scores import Scores
 
@@ -103,16 +104,16 @@ def _gradient_pass(model: Any, tokens: Tensor, end: Tensor, fn: Metric, ps_m: Pr
         return hook
 
     ov = overrides or {}
-    hooks: list[runner.Hook] = [("blocks.0.hook_resid_pre", tap("input", ov.get("input")))]
+    hooks: list[runner.Hook] = [(hook_at("resid_pre", 0), tap("input", ov.get("input")))]
     for layer in range(n_layers):
-        hooks += [(f"blocks.{layer}.ln1.hook_in", tap(f"ln1_in.{layer}")),
-                  (f"blocks.{layer}.attn.hook_q", tap(f"q.{layer}")),
-                  (f"blocks.{layer}.attn.hook_k", tap(f"k.{layer}")),
-                  (f"blocks.{layer}.attn.hook_v", tap(f"v.{layer}")),
-                  (f"blocks.{layer}.attn.hook_z", tap(f"z.{layer}", ov.get(f"z.{layer}"))),
-                  (f"blocks.{layer}.ln2.hook_in", tap(f"mlp.{layer}")),
-                  (f"blocks.{layer}.hook_mlp_out", tap(f"mlp_out.{layer}", ov.get(f"mlp_out.{layer}")))]
-    hooks.append(("ln_final.hook_in", tap("logits")))
+        hooks += [(hook_at("ln1_in", layer), tap(f"ln1_in.{layer}")),
+                  (hook_at("q", layer), tap(f"q.{layer}")),
+                  (hook_at("k", layer), tap(f"k.{layer}")),
+                  (hook_at("v", layer), tap(f"v.{layer}")),
+                  (hook_at("z", layer), tap(f"z.{layer}", ov.get(f"z.{layer}"))),
+                  (hook_at("ln2_in", layer), tap(f"mlp.{layer}")),
+                  (hook_at("mlp_out", layer), tap(f"mlp_out.{layer}", ov.get(f"mlp_out.{layer}")))]
+    hooks.append((hook_at("final_in"), tap("logits")))
     with torch.enable_grad():
         resid = runner.final_residual(model, tokens, hooks)
         rows = torch.arange(tokens.shape[0], device=resid.device)
@@ -149,17 +150,17 @@ def _head_reader_grads(model: Any, layer: int, g: dict[str, Any]) -> tuple[Tenso
 def _writer_acts(model: Any, store: dict[str, Tensor]) -> Tensor:
     """[b, p, W, d] writer outputs (input, heads through W_O, MLPs) from a run's store."""
     n_layers = int(model.cfg.n_layers)
-    parts = [store["blocks.0.hook_resid_pre"][:, :, None]]
+    parts = [store[hook_at("resid_pre", 0)][:, :, None]]
     for layer in range(n_layers):
-        z = store[f"blocks.{layer}.attn.hook_z"]
+        z = store[hook_at("z", layer)]
         parts.append(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
-        parts.append(store[f"blocks.{layer}.hook_mlp_out"][:, :, None])
+        parts.append(store[hook_at("mlp_out", layer)][:, :, None])
     return torch.cat(parts, 2)
 
 
 def _writer_names(n_layers: int) -> list[str]:
-    return ["blocks.0.hook_resid_pre"] + [n for layer in range(n_layers) for n in
-                                          (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out")]
+    return [hook_at("resid_pre", 0)] + [n for layer in range(n_layers) for n in
+                                          (hook_at("z", layer), hook_at("mlp_out", layer))]
 
 
 def _reader_grads(model: Any, g: dict[str, Any], graph: EdgeGraph) -> tuple[Tensor, float]:
@@ -202,11 +203,11 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     n_points = 1 if method == "eap" else steps
     b = len(ps)
     # writer groups integrated separately by the activations variant: input, each attention layer, each MLP
-    groups = [["blocks.0.hook_resid_pre"]] + [[n] for layer in range(n_layers)
-                                              for n in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out")]
-    key = {"blocks.0.hook_resid_pre": "input"}
-    key |= {f"blocks.{layer}.attn.hook_z": f"z.{layer}" for layer in range(n_layers)}
-    key |= {f"blocks.{layer}.hook_mlp_out": f"mlp_out.{layer}" for layer in range(n_layers)}
+    groups = [[hook_at("resid_pre", 0)]] + [[n] for layer in range(n_layers)
+                                              for n in (hook_at("z", layer), hook_at("mlp_out", layer))]
+    key = {hook_at("resid_pre", 0): "input"}
+    key |= {hook_at("z", layer): f"z.{layer}" for layer in range(n_layers)}
+    key |= {hook_at("mlp_out", layer): f"mlp_out.{layer}" for layer in range(n_layers)}
     tiles = len(groups) if method == "eap-ig-activations" and n_points > 1 else 1
     tokens, ends = runner.tile(ps.clean, tiles), runner.tile(end, tiles)
     ps_t = ps_m.subset(torch.arange(b).repeat(tiles)) if tiles > 1 else ps_m
@@ -220,7 +221,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
                 a = k / n_points
                 ov = None
                 if a < 1 and method == "eap-ig-inputs":
-                    name = "blocks.0.hook_resid_pre"
+                    name = hook_at("resid_pre", 0)
                     ov = {"input": (a * clean[name] + (1 - a) * corr[name], torch.ones(b, dtype=torch.bool))}
                 elif a < 1 and method == "eap-ig-activations":
                     ov = {}
@@ -281,10 +282,10 @@ def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_
     finally:
         for p in params:
             p.requires_grad_(True)
-    heads = torch.stack([torch.einsum("bphe,bphe->h", clean[f"blocks.{layer}.attn.hook_z"]
-                                      - corr[f"blocks.{layer}.attn.hook_z"], g["z"][layer])
+    heads = torch.stack([torch.einsum("bphe,bphe->h", clean[hook_at("z", layer)]
+                                      - corr[hook_at("z", layer)], g["z"][layer])
                          for layer in range(n_layers)]) / len(ps)
-    mlps = torch.stack([((clean[f"blocks.{layer}.hook_mlp_out"] - corr[f"blocks.{layer}.hook_mlp_out"])
+    mlps = torch.stack([((clean[hook_at("mlp_out", layer)] - corr[hook_at("mlp_out", layer)])
                          * g["mlp_out"][layer]).sum() for layer in range(n_layers)]) / len(ps)
     settings = {"engine": "node_attribution", "metric": metric_name, **model_settings(model),
                 "n_prompts": len(ps), "direction": "clean - corrupted"}

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from circuits.engines import runner
 from circuits.engines.common import model_settings, prepare_prompts
+from circuits.engines.sites import hook_at
 from circuits.prompts import PromptSet
 from circuits.scores import Scores
 
@@ -39,7 +40,7 @@ def _scores(values: Tensor, model: Any, what: str, **settings: Any) -> Scores:
 @torch.no_grad()
 def attention_patterns(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor:
     """[layer, batch, head, q, k] attention patterns."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    names = [hook_at("pattern", layer) for layer in range(model.cfg.n_layers)]
     end = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     _, store = runner.run_with_store(model, tokens, end, names)
     return torch.stack([store[n] for n in names])
@@ -108,8 +109,8 @@ def copy_scores(model: Any, ps: PromptSet, positions: Sequence[str] = ("IO", "S1
     """Fraction of the tokens at ``positions`` each head's OV circuit copies into its top-k logits."""
     ps = prepare_prompts(model, ps)
     end = ps.positions["END"]
-    _, store = runner.run_with_store(model, ps.clean, end, ["blocks.0.hook_resid_post"])
-    resid = store["blocks.0.hook_resid_post"]
+    _, store = runner.run_with_store(model, ps.clean, end, [hook_at("resid_post", 0)])
+    resid = store[hook_at("resid_post", 0)]
     xs, toks = [], []
     for p in positions:
         if p not in ps.positions:
@@ -146,7 +147,7 @@ def retrieval_scores(model: Any, tokens: Sequence[Tensor], spans: Sequence[tuple
         raise ValueError("retrieval_scores needs one needle span per prompt")
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     total = torch.zeros(n_layers, n_heads)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    names = [hook_at("pattern", layer) for layer in range(n_layers)]
     for prompt, (s, e) in zip(tokens, spans):
         if not 0 <= s < e <= len(prompt):
             raise ValueError(f"needle span {(s, e)} is not inside a prompt of length {len(prompt)}")

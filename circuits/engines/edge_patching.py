@@ -34,6 +34,7 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.engines.sites import hook_at
 from circuits.names import Reader
 from circuits.prompts import PromptSet
 
@@ -70,8 +71,8 @@ def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
     from circuits.engines.path_patching import _direct_inputs_check
 
     layers = range(graph.n_layers)
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    names += [f"blocks.{layer}.attn.hook_{c}" for layer in layers for c in "qkv"]
+    names = [hook_at("resid_pre", layer) for layer in layers]
+    names += [hook_at(c, layer) for layer in layers for c in "qkv"]
     _, store = runner.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
     recv = [(layer, 0, c) for layer in layers for c in "qkv"]
     if not _direct_inputs_check(model, store, recv):
@@ -104,7 +105,7 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
         shift = shift.reshape(n, len(readers), b, p, d).permute(0, 2, 3, 1, 4).reshape(n * b, p, len(readers), d)
         return x[:, :, None] + shift
 
-    hooks: list = [("blocks.0.hook_resid_pre", lambda x, hook: add_writers(x[:, :, None]) or x)]
+    hooks: list = [(hook_at("resid_pre", 0), lambda x, hook: add_writers(x[:, :, None]) or x)]
     for layer in range(graph.n_layers):
         attn = model.blocks[layer].attn
 
@@ -113,7 +114,7 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
                 saved[f"in.{layer}"] = x
                 saved["k_in"] = state["k"]
             return x
-        hooks.append((f"blocks.{layer}.ln1.hook_in", save_in))
+        hooks.append((hook_at("ln1_in", layer), save_in))
         for comp, w, bname in (("q", attn.W_Q, "b_Q"), ("k", attn.W_K, "b_K"), ("v", attn.W_V, "b_V")):
             n_idx = w.shape[0]
             if comp == "q" or not graph.gqa:
@@ -134,22 +135,22 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
                 new = torch.einsum("bprd,rde->bpre", normed, w.to(normed.dtype))
                 bias = getattr(model.blocks[layer].attn, bname, None)
                 return new if bias is None else new + bias
-            hooks.append((f"blocks.{layer}.attn.hook_{comp}", recompute))
+            hooks.append((hook_at(comp, layer), recompute))
 
         def take_heads(z, hook, layer=layer):
             add_writers(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
             return z
-        hooks.append((f"blocks.{layer}.attn.hook_z", take_heads))
+        hooks.append((hook_at("z", layer), take_heads))
         r_mlp = [graph.reader_index[Reader("mlp", layer).name]]
 
         def mlp_in(x, hook, r_mlp=r_mlp):
             # parallel blocks: the MLP reads the layer input, so this layer's heads are not upstream
             upto = saved["k_in"] if graph.parallel_attn_mlp else None
             return shifted(x, r_mlp, upto)[:, :, 0]
-        hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", lambda x, hook: add_writers(x[:, :, None]) or x))
+        hooks.append((hook_at("ln2_in", layer), mlp_in))
+        hooks.append((hook_at("mlp_out", layer), lambda x, hook: add_writers(x[:, :, None]) or x))
     r_log = [graph.reader_index[Reader("logits").name]]
-    hooks.append(("ln_final.hook_in", lambda x, hook: shifted(x, r_log)[:, :, 0]))
+    hooks.append((hook_at("final_in"), lambda x, hook: shifted(x, r_log)[:, :, 0]))
     return hooks
 
 

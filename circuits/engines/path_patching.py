@@ -41,7 +41,7 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
-from circuits.engines.sites import n_kv_heads
+from circuits.engines.sites import hook_at, n_kv_heads
 from circuits.names import BadName, Reader, parse_reader
 from circuits.prompts import PromptSet
 from circuits.scores import Scores
@@ -112,14 +112,14 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         base_tok, src_tok = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
         end = ps.positions["END"]
         n_layers, b = int(model.cfg.n_layers), len(ps)
-        z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-        attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
-        mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if freeze_mlps else []
-        extra = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})  # receivers' base inputs
+        z_names = [hook_at("z", layer) for layer in range(n_layers)]
+        attn_names = [hook_at("attn_out", layer) for layer in range(n_layers)]
+        mlp_names = [hook_at("mlp_out", layer) for layer in range(n_layers)] if freeze_mlps else []
+        extra = sorted({hook_at(c, layer) for layer, _, c in heads_recv})  # receivers' base inputs
         if freeze_mlps:  # what the direct-path shortcut needs: sender z, receiver inputs and their outputs
             extra = sorted({z_names[s.layer] for s in snd})
-            extra += sorted({f"blocks.{layer}.hook_resid_pre" for layer, _, _ in heads_recv})
-            extra += sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+            extra += sorted({hook_at("resid_pre", layer) for layer, _, _ in heads_recv})
+            extra += sorted({hook_at(c, layer) for layer, _, c in heads_recv})
         recv_layers = sorted({layer for layer, _, _ in heads_recv})
         first_recv = recv_layers[0] if recv_layers else n_layers
         recv_layers = recv_layers if len(recv_layers) == 1 else None
@@ -211,19 +211,18 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             if recv == ["logits"]:
                 logits = replay.end_logits_from(start, n, hooks).reshape(n, b, -1)
             else:
-                names = sorted({f"blocks.{layer}.attn.hook_{c}" for layer, _, c in heads_recv})
+                inputs = sorted({(layer, "qkv".index(c), c) for layer, _, c in heads_recv})  # in firing order
+                names = [hook_at(c, layer) for layer, _, c in inputs]
                 got: dict[str, torch.Tensor] = {}
                 capture = []
                 for nm in names:
                     def cap(act, hook, nm=nm, got=got):
                         got[nm] = act.detach().clone()
                     capture.append((nm, cap))
-                last_name = max(names, key=lambda nm: (int(nm.split(".")[1]), "qkv".index(nm[-1])))  # fires last
-                replay.run_until(start, n, hooks + capture, last_name)
+                replay.run_until(start, n, hooks + capture, names[-1])  # the receiver input that fires last
                 # pass D: only the receivers' inputs take pass C's values
                 d_hooks = []
-                for name in names:
-                    layer, comp = int(name.split(".")[1]), name[-1]
+                for (layer, _, comp), name in zip(inputs, names):
                     idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
 
                     def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
@@ -239,8 +238,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                                 a[rows, p, h] = c[rows, p, h]
                         return a
                     d_hooks.append((name, set_recv))
-                first = min(int(nm.split(".")[1]) for nm in names)
-                logits = replay.end_logits_from(first, n, d_hooks).reshape(n, b, -1)
+                logits = replay.end_logits_from(inputs[0][0], n, d_hooks).reshape(n, b, -1)
             for t, s in enumerate(chunk):
                 per[s.layer, s.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
 
@@ -288,9 +286,9 @@ def _direct_inputs_check(model: Any, base_store: dict, heads_recv: list) -> tupl
     rotary applied before hook_q/k, or attention weights not exposed as W_Q/W_K/W_V."""
     try:
         for layer in sorted({layer for layer, _, _ in heads_recv}):
-            x = base_store[f"blocks.{layer}.hook_resid_pre"]
+            x = base_store[hook_at("resid_pre", layer)]
             for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
-                want = base_store[f"blocks.{layer}.attn.hook_{comp}"]
+                want = base_store[hook_at(comp, layer)]
                 got = _receiver_input(model, layer, comp, x)
                 if got.shape != want.shape:
                     return False, (f"ln1 + W_{comp.upper()} gives shape {tuple(got.shape)} at layer {layer}, "
@@ -308,7 +306,7 @@ def _sender_deltas(model: Any, chunk: list, base_store: dict, src_store: dict, s
     """[n, b, P, d_model]: each sender's source-minus-base write into the residual stream."""
     out = []
     for s in chunk:
-        name = f"blocks.{s.layer}.attn.hook_z"
+        name = hook_at("z", s.layer)
         dz = src_store[name][:, :, s.head] - base_store[name][:, :, s.head]
         if s_pos is not None:
             keep = torch.zeros(dz.shape[:2], dtype=torch.bool, device=dz.device)
@@ -332,12 +330,12 @@ def _direct_receiver_inputs(model: Any, chunk: list, deltas: torch.Tensor, base_
     rows = torch.arange(b, device=deltas.device)
     for layer in sorted({layer for layer, _, _ in heads_recv}):
         gate = torch.tensor([s.layer < layer for s in chunk], dtype=deltas.dtype, device=deltas.device)
-        resid = base_store[f"blocks.{layer}.hook_resid_pre"]
+        resid = base_store[hook_at("resid_pre", layer)]
         for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
             idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
             if comp == "q" and layer == len(model.blocks) - 1:
                 x = resid[rows, end][None] + deltas[:, rows, end] * gate[:, None, None]  # [n, b, d]
-                new = runner.tile(base_store[f"blocks.{layer}.attn.hook_q"][:, :, idx], n).clone()
+                new = runner.tile(base_store[hook_at("q", layer)][:, :, idx], n).clone()
                 at_end = _receiver_input(model, layer, comp, x.reshape(n * b, 1, -1), idx)[:, 0]
                 new[torch.arange(n * b, device=new.device), runner.tile(end, n).to(new.device)] = at_end.to(new.dtype)
             else:
@@ -361,7 +359,7 @@ def _direct_receiver_hooks(inputs: list, n: int, r_pos) -> list:
                 for j, h in enumerate(idx):
                     a[rows, p[rows], h] = new[rows, p[rows], j].to(a.dtype)
             return a
-        hooks.append((f"blocks.{layer}.attn.hook_{comp}", put))
+        hooks.append((hook_at(comp, layer), put))
     return hooks
 
 
@@ -392,7 +390,7 @@ def _one_layer_checked(model: Any, replay: runner.BlockReplay, base_store: dict,
 
 def _one_layer_store_names(layer: int) -> list[str]:
     """Base activations ``_one_layer_logits`` reads."""
-    return [f"blocks.{layer}.attn.hook_{c}" for c in "qkvz"] + [f"blocks.{layer}.hook_resid_mid"]
+    return [hook_at(c, layer) for c in "qkvz"] + [hook_at("resid_mid", layer)]
 
 
 def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, inputs: list, n: int,
@@ -406,14 +404,13 @@ def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, 
     replayed from it. The caller checks the result against the generic pass once.
     """
     layer = inputs[0][0]
-    pre = f"blocks.{layer}.attn.hook_"
     heads = sorted({h for ly, comp, idx, _ in inputs for hk in idx
                     for h in ([hk] if comp == "q" else range(hk * group, (hk + 1) * group))})
     kv = [h // group for h in heads]
     b = end.shape[0]
     # [n, b, P, A, d_head]: base values shared by every tile (a view) unless a receiver changes them
-    sel = {"q": base_store[pre + "q"][:, :, heads], "k": base_store[pre + "k"][:, :, kv],
-           "v": base_store[pre + "v"][:, :, kv]}
+    sel = {"q": base_store[hook_at("q", layer)][:, :, heads], "k": base_store[hook_at("k", layer)][:, :, kv],
+           "v": base_store[hook_at("v", layer)][:, :, kv]}
     sel = {c: t[None].expand(n, *t.shape) for c, t in sel.items()}
     keep = None
     if r_pos is not None:  # receivers take new inputs at their position only
@@ -434,10 +431,10 @@ def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, 
     n_pos = sel["k"].shape[2]
     scale = getattr(model.cfg, "attn_scale", None)  # transformer-lens: -1 means sqrt(d_head)
     scale = scale if scale and scale > 0 else model.cfg.d_head ** 0.5
-    z_base = base_store[pre + "z"][:, :, heads]  # [b, P, A, d_head]
+    z_base = base_store[hook_at("z", layer)][:, :, heads]  # [b, P, A, d_head]
     key_pos = torch.arange(n_pos, device=end.device)
     w_o = model.blocks[layer].attn.W_O[heads]  # [A, d_head, d_model]
-    mid = base_store[f"blocks.{layer}.hook_resid_mid"]  # [b, P, d_model]
+    mid = base_store[hook_at("resid_mid", layer)]  # [b, P, d_model]
     block = model.blocks[layer]
     if last:  # queries at END only
         scores = torch.einsum("nbad,nbpad->nbap", sel["q"][:, rows, end], sel["k"]) / scale

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from circuits.engines import runner
+from circuits.engines.sites import hook_at
 from circuits.prompts import PromptSet
 
 MODES = ("full", "self", "transfer", "knockout")
@@ -91,5 +92,5 @@ def peeking_hooks(model: Any, ps: PromptSet, schedules: Sequence[Schedule], bos:
 
         def hook(scores: Tensor, hook: Any, allowed: Tensor = stacked) -> Tensor:
             return scores.masked_fill(~allowed, float("-inf"))
-        hooks.append((f"blocks.{layer}.attn.hook_attn_scores", hook))
+        hooks.append((hook_at("attn_scores", layer), hook))
     return hooks

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from circuits import compat
 from circuits.engines import fastpaths
+from circuits.engines.sites import block_prefix, hook_at
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
 
@@ -41,7 +42,7 @@ def final_residual(model: Any, tokens: Int[Tensor, "batch pos"], fwd_hooks: Sequ
         raise _Stop
 
     try:
-        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)], return_type=None)
+        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, (hook_at("final_in"), grab)], return_type=None)
     except _Stop:
         pass
     if "resid" not in box:
@@ -105,7 +106,7 @@ def end_only_last_mlp(model: Any, end: Int[Tensor, " rows"], fwd_hooks: Sequence
     """
     last = len(model.blocks) - 1
     mlp = getattr(model.blocks[last], "mlp", None)
-    prefixes = tuple(f"blocks.{last}.{site}" for site in _LAST_MLP_SITES)
+    prefixes = tuple(block_prefix(last) + site for site in _LAST_MLP_SITES)
     if mlp is None or not (force or fastpaths.is_on(model, "end_only_last_mlp")) \
             or any(name.startswith(prefixes) for name, _ in fwd_hooks):
         yield

@@ -53,6 +53,10 @@ SITES: dict[str, Site] = {
     "k": Site("k", "blocks.{layer}.attn.hook_k", 2, 1, kv=True),
     "v": Site("v", "blocks.{layer}.attn.hook_v", 2, 1, kv=True),
     "pattern": Site("pattern", "blocks.{layer}.attn.hook_pattern", 1, 2),
+    "attn_scores": Site("attn_scores", "blocks.{layer}.attn.hook_attn_scores", 1, 2),
+    "ln1_in": Site("ln1_in", "blocks.{layer}.ln1.hook_in", None, 1),  # what a layer's attention reads
+    "ln2_in": Site("ln2_in", "blocks.{layer}.ln2.hook_in", None, 1),  # what a layer's MLP reads
+    "final_in": Site("final_in", "ln_final.hook_in", None, 1),  # the residual the unembedding reads (no layer)
 }
 
 
@@ -64,13 +68,26 @@ def site_of(node: Node) -> Site:
     return SITES[kinds[node.kind]]
 
 
+def hook_at(site: str, layer: int | None = None) -> str:
+    """The hook name of ``site`` at ``layer``: ``hook_at("z", 3)`` -> ``blocks.3.attn.hook_z``."""
+    return hook_name(get_site(site), layer)
+
+
+def block_prefix(layer: int) -> str:
+    """The prefix every hook of block ``layer`` starts with."""
+    return f"blocks.{layer}."
+
+
 def get_site(name: str) -> Site:
     if name not in SITES:
         raise ValueError(f"unknown site {name!r}; sites are {sorted(SITES)}")
     return SITES[name]
 
 
-def hook_name(site: Site, layer: int) -> str:
+def hook_name(site: Site, layer: int | None = None) -> str:
+    """The hook name of ``site`` at ``layer`` (sites outside the blocks take no layer)."""
+    if layer is None and "{layer}" in site.hook:
+        raise ValueError(f"site {site.name!r} needs a layer")
     return site.hook.format(layer=layer)
 
 
