@@ -83,9 +83,9 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
     from circuits.engines.ablation import Ablation
     from circuits.engines.detectors import copy_scores
     from circuits.engines.faithfulness import completeness, faithfulness, minimality
+    from circuits.engines.forward import end_logits
     from circuits.engines.patching import activation_patching
     from circuits.engines.path_patching import path_patching, wang_effect
-    from circuits.engines.runner import end_logits
     from circuits.figures import circuit_figure, heatmaps
     from circuits.io import atomic_write_json
     from circuits.models import load_model, model_info

@@ -276,12 +276,10 @@ def test_strings_where_lists_belong_are_refused(gpt2, ps):
 
 
 def test_unknown_positions_in_path_patching_are_named_before_compute(gpt2, ps, monkeypatch):
-    from circuits.engines import runner
-
     def no_compute(*a, **k):
         raise AssertionError("computed before checking its arguments")
 
-    monkeypatch.setattr(runner, "BlockReplay", no_compute)
+    monkeypatch.setattr("circuits.engines.path_patching.BlockReplay", no_compute)
     for key in ("sender_position", "receiver_position"):
         with pytest.raises(ValueError, match=f"{key} 'XYZ' is not named"):
             path_patching(gpt2, ps, ["a1.h0<q>"], progress=False, **{key: "XYZ"})

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from circuits import compat
-from circuits.engines import fastpaths, runner
+from circuits.engines import fastpaths
+from circuits.engines.replay import BlockReplay
 from circuits.tasks import build_task
 from tests.conftest import ARCHS, write_tiny_model
 
@@ -78,7 +79,7 @@ def test_a_model_whose_cache_stays_empty_is_named_and_never_used(tmp_path, word_
     _without_kv_cache(model)
     assert compat.ensure_kv_cache(model, recheck=True).startswith("unavailable")
     ps = build_task("colored_objects", model.tokenizer, n=3, seed=0)
-    replay = runner.BlockReplay(model, ps.corrupted, ps.positions["END"])
+    replay = BlockReplay(model, ps.corrupted, ps.positions["END"])
     entry = fastpaths.get(model, "prefix_skip")
     assert entry is not None and not entry.on and "KV cache unavailable" in entry.reason
     assert not replay.supports_skip(4)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from circuits.engines import patching, runner
+from circuits.engines import patching
 from circuits.engines.patching import activation_patching, shared_prefix
+from circuits.engines.replay import BlockReplay
 from tests.conftest import ENGINE_ARCHS
 
 SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern"]
@@ -36,7 +37,7 @@ def test_every_engine_arch_can_skip_the_prefix(arch, engine_models, late):
     model, ps = engine_models(arch), late(arch)
     skip = shared_prefix(ps.corrupted, ps.clean, ps.positions["END"])
     assert skip >= ps.clean.shape[1] // 2
-    assert runner.BlockReplay(model, ps.corrupted, ps.positions["END"]).supports_skip(skip)
+    assert BlockReplay(model, ps.corrupted, ps.positions["END"]).supports_skip(skip)
 
 
 def _both_ways(model, ps, site, monkeypatch, **kw):

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from circuits.engines import fastpaths, runner
+from circuits.engines import fastpaths, forward
 from circuits.engines.patching import activation_patching
 from circuits.engines.path_patching import path_patching
 from circuits.tasks import build_task
@@ -45,7 +45,7 @@ def test_a_failed_check_turns_the_path_off_with_its_reason_and_a_warning(fresh_g
     end = ps.positions["END"]
     try:
         with caplog.at_level(logging.WARNING, logger="circuits.engines.fastpaths"):
-            got = runner.end_logits(model, ps.clean, end)
+            got = forward.end_logits(model, ps.clean, end)
         with torch.no_grad():
             full = model(ps.clean)[torch.arange(len(ps)), end]
     finally:
@@ -68,12 +68,12 @@ def test_an_interrupted_check_records_nothing(fresh_gpt2):
     handle = model.blocks[-1].mlp.register_forward_pre_hook(interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
-            runner.end_logits(model, ps.clean, ps.positions["END"])
+            forward.end_logits(model, ps.clean, ps.positions["END"])
     finally:
         handle.remove()
     assert fastpaths.get(model, "end_only_last_mlp") is None
     assert fastpaths.report(model)["end_only_last_mlp"] == {"on": None, "reason": "not checked yet"}
-    runner.end_logits(model, ps.clean, ps.positions["END"])
+    forward.end_logits(model, ps.clean, ps.positions["END"])
     assert fastpaths.is_on(model, "end_only_last_mlp")
 
 

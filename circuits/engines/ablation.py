@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.common import check_fits
 from circuits.engines.interventions import Edit
 from circuits.engines.nodes import Node
@@ -128,7 +128,7 @@ def ablation_values(model: Any, ps: PromptSet, tokens: Tensor, sites: Iterable[t
     ref = (ablation.reference or ps).to(tokens.device)
     ref_tok = ref.corrupted if ablation.reference_tokens == "corrupted" else ref.clean
     names = [hook_name(s, layer) for s, layer in sites]
-    _, store = runner.run_with_store(model, ref_tok, ref.positions["END"], names)
+    _, store = forward.run_with_store(model, ref_tok, ref.positions["END"], names)
     mask = ref.attention_mask
     b, n_pos = tokens.shape
     g = torch.Generator().manual_seed(ablation.seed)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.common import (
     Metric,
     answer_vocab,
@@ -104,7 +104,7 @@ def _gradient_pass(model: Any, tokens: Tensor, end: Tensor, fn: Metric, ps_m: Pr
         return hook
 
     ov = overrides or {}
-    hooks: list[runner.Hook] = [(hook_at("resid_pre", 0), tap("input", ov.get("input")))]
+    hooks: list[forward.Hook] = [(hook_at("resid_pre", 0), tap("input", ov.get("input")))]
     for layer in range(n_layers):
         hooks += [(hook_at("ln1_in", layer), tap(f"ln1_in.{layer}")),
                   (hook_at("q", layer), tap(f"q.{layer}")),
@@ -115,9 +115,9 @@ def _gradient_pass(model: Any, tokens: Tensor, end: Tensor, fn: Metric, ps_m: Pr
                   (hook_at("mlp_out", layer), tap(f"mlp_out.{layer}", ov.get(f"mlp_out.{layer}")))]
     hooks.append((hook_at("final_in"), tap("logits")))
     with torch.enable_grad():
-        resid = runner.final_residual(model, tokens, hooks)
+        resid = forward.final_residual(model, tokens, hooks)
         rows = torch.arange(tokens.shape[0], device=resid.device)
-        values = evaluate_metric(fn, runner.unembed(model, resid[rows, end]), ps_m)
+        values = evaluate_metric(fn, forward.unembed(model, resid[rows, end]), ps_m)
         values.sum().backward()
     grad = lambda n: keep[n].grad if keep[n].grad is not None else torch.zeros_like(keep[n])  # noqa: E731
     out: dict[str, Any] = {"metric": values.detach(), "input": grad("input"), "logits": grad("logits")}
@@ -195,9 +195,9 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     n_layers = graph.n_layers
     end = ps.positions["END"]
     names = _writer_names(n_layers)
-    with runner.restricted_vocab(vocab), torch.no_grad():
-        _, clean = runner.run_with_store(model, ps.clean, end, names)
-        _, corr = runner.run_with_store(model, ps.corrupted, end, names)
+    with forward.restricted_vocab(vocab), torch.no_grad():
+        _, clean = forward.run_with_store(model, ps.clean, end, names)
+        _, corr = forward.run_with_store(model, ps.corrupted, end, names)
     with torch.no_grad():
         delta = _writer_acts(model, clean) - _writer_acts(model, corr)  # [b, p, W, d]
     n_points = 1 if method == "eap" else steps
@@ -209,14 +209,14 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     key |= {hook_at("z", layer): f"z.{layer}" for layer in range(n_layers)}
     key |= {hook_at("mlp_out", layer): f"mlp_out.{layer}" for layer in range(n_layers)}
     tiles = len(groups) if method == "eap-ig-activations" and n_points > 1 else 1
-    tokens, ends = runner.tile(ps.clean, tiles), runner.tile(end, tiles)
+    tokens, ends = forward.tile(ps.clean, tiles), forward.tile(end, tiles)
     ps_t = ps_m.subset(torch.arange(b).repeat(tiles)) if tiles > 1 else ps_m
     grads, worst = None, 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        with runner.restricted_vocab(vocab):
+        with forward.restricted_vocab(vocab):
             for k in range(1, n_points + 1):
                 a = k / n_points
                 ov = None
@@ -229,7 +229,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
                         for name in grp:
                             rows = torch.zeros(tiles * b, dtype=torch.bool)
                             rows[t * b:(t + 1) * b] = True
-                            value = runner.tile(a * clean[name] + (1 - a) * corr[name], tiles)
+                            value = forward.tile(a * clean[name] + (1 - a) * corr[name], tiles)
                             ov[key[name]] = (value, rows)
                 g = _gradient_pass(model, tokens, ends, fn, ps_t, ov)
                 rg, err = _reader_grads(model, g, graph)
@@ -270,14 +270,14 @@ def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     end = ps.positions["END"]
     names = _writer_names(n_layers)
-    with runner.restricted_vocab(vocab), torch.no_grad():
-        _, clean = runner.run_with_store(model, ps.clean, end, names)
-        _, corr = runner.run_with_store(model, ps.corrupted, end, names)
+    with forward.restricted_vocab(vocab), torch.no_grad():
+        _, clean = forward.run_with_store(model, ps.clean, end, names)
+        _, corr = forward.run_with_store(model, ps.corrupted, end, names)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        with runner.restricted_vocab(vocab):
+        with forward.restricted_vocab(vocab):
             g = _gradient_pass(model, ps.clean, end, fn, ps_m)
     finally:
         for p in params:

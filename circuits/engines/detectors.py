@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.common import model_settings, prepare_prompts
 from circuits.engines.sites import hook_at
 from circuits.prompts import PromptSet
@@ -42,7 +42,7 @@ def attention_patterns(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor:
     """[layer, batch, head, q, k] attention patterns."""
     names = [hook_at("pattern", layer) for layer in range(model.cfg.n_layers)]
     end = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
-    _, store = runner.run_with_store(model, tokens, end, names)
+    _, store = forward.run_with_store(model, tokens, end, names)
     return torch.stack([store[n] for n in names])
 
 
@@ -109,7 +109,7 @@ def copy_scores(model: Any, ps: PromptSet, positions: Sequence[str] = ("IO", "S1
     """Fraction of the tokens at ``positions`` each head's OV circuit copies into its top-k logits."""
     ps = prepare_prompts(model, ps)
     end = ps.positions["END"]
-    _, store = runner.run_with_store(model, ps.clean, end, [hook_at("resid_post", 0)])
+    _, store = forward.run_with_store(model, ps.clean, end, [hook_at("resid_post", 0)])
     resid = store[hook_at("resid_post", 0)]
     xs, toks = [], []
     for p in positions:
@@ -132,7 +132,7 @@ def copy_scores(model: Any, ps: PromptSet, positions: Sequence[str] = ("IO", "S1
             v = normed @ attn.W_V[g]
             if getattr(attn, "b_V", None) is not None:
                 v = v + attn.b_V[g]
-            logits = runner.unembed(model, sign * (v @ attn.W_O[h]))
+            logits = forward.unembed(model, sign * (v @ attn.W_O[h]))
             top = logits.topk(top_k, -1).indices
             out[layer, h] = (top == tok[:, None]).any(-1).float().mean().cpu()
     return _scores(out, model, "copy_negative" if negative else "copy", positions=list(positions), top_k=top_k,
@@ -155,7 +155,7 @@ def retrieval_scores(model: Any, tokens: Sequence[Tensor], spans: Sequence[tuple
         score = torch.zeros(n_layers, n_heads)
         for _ in range(n_steps):
             last = torch.tensor([seq.shape[1] - 1], device=seq.device)
-            logits, store = runner.run_with_store(model, seq, last, names)
+            logits, store = forward.run_with_store(model, seq, last, names)
             w = int(logits[0].argmax())
             for layer, name in enumerate(names):
                 j = store[name][0, :, -1].argmax(-1).cpu()  # top-1 key per head

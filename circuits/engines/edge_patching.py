@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.attribution import _writer_acts, _writer_names
 from circuits.engines.common import (
     Metric,
@@ -47,15 +47,15 @@ def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: Prompt
     names = _writer_names(n_layers)
     end = ps.positions["END"]
     if ablation == "corrupted":
-        _, store = runner.run_with_store(model, ps.corrupted, end, names)
+        _, store = forward.run_with_store(model, ps.corrupted, end, names)
         return _writer_acts(model, store)
     if ablation == "zero":
-        _, store = runner.run_with_store(model, ps.clean, end, names)
+        _, store = forward.run_with_store(model, ps.clean, end, names)
         return torch.zeros_like(_writer_acts(model, store))
     if reference is not None:
         check_fits(model, reference, "the ablation's reference PromptSet")
     ref = (reference or ps).to(ps.clean.device)
-    _, store = runner.run_with_store(model, ref.clean, ref.positions["END"], names)
+    _, store = forward.run_with_store(model, ref.clean, ref.positions["END"], names)
     acts = _writer_acts(model, store)  # [n_ref, P_ref, W, d]
     mask = ref.attention_mask[:, :, None, None].to(acts.dtype)
     glob = (acts * mask).sum((0, 1)) / mask.sum((0, 1)).clamp_min(1)
@@ -73,7 +73,7 @@ def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
     layers = range(graph.n_layers)
     names = [hook_at("resid_pre", layer) for layer in layers]
     names += [hook_at(c, layer) for layer in layers for c in "qkv"]
-    _, store = runner.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
+    _, store = forward.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
     recv = [(layer, 0, c) for layer in layers for c in "qkv"]
     if not _direct_inputs_check(model, store, recv):
         raise ValueError("edge-level evaluation needs each head's q/k/v to be its input norm followed by "
@@ -176,17 +176,17 @@ def evaluate_edge_circuits(model: Any, ps: PromptSet, circuits: Sequence[Tensor]
     ps_m, vocab = answer_vocab(ps, "none" if return_logits else metric_name)
     b, p = ps.clean.shape
     d = int(model.cfg.d_model)
-    budget = runner.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    row_bytes = budget // runner.rows_per_forward(model, p, budget) + 3 * 4 * len(graph.writers) * d * p
+    budget = forward.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    row_bytes = budget // forward.rows_per_forward(model, p, budget) + 3 * 4 * len(graph.writers) * d * p
     per = max(1, budget // (b * row_bytes))
     out = []
-    groups = list(runner.chunks(list(circuits), per))
-    with runner.restricted_vocab(vocab):
+    groups = list(forward.chunks(list(circuits), per))
+    with forward.restricted_vocab(vocab):
         for chunk in tqdm(groups, desc="edge circuits", disable=not progress or len(groups) < 2, leave=False):
             n = len(chunk)
             masks = torch.stack([c.to(ablated.device).bool() & graph.mask.to(ablated.device) for c in chunk])
             hooks = _edge_hooks(model, graph, masks, ablated, n, b)
-            logits = runner.end_logits(model, runner.tile(ps.clean, n), runner.tile(ps.positions["END"], n), hooks)
+            logits = forward.end_logits(model, forward.tile(ps.clean, n), forward.tile(ps.positions["END"], n), hooks)
             logits = logits.reshape(n, b, -1)
             out.append(logits if return_logits else torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits]))
     return torch.cat(out).cpu()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.ablation import Ablation, ablation_values, edits_for, placement
 from circuits.engines.common import (
     Metric,
@@ -88,7 +88,7 @@ def evaluate_ablated(model: Any, ps: PromptSet, variants: Sequence[Sequence[Plac
     values = ablation_values(model, ps, run, sites, ablation) if sites else {}
     edit_lists = [edits_for(v, values, ps) for v in variants]
     ps_m, vocab = answer_vocab(ps, metric_name)
-    with runner.restricted_vocab(vocab):
+    with forward.restricted_vocab(vocab):
         logits = run_variants(model, run, ps.positions["END"], edit_lists, memory_budget, progress and "ablations")
     return torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits]).cpu()
 

@@ -19,7 +19,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.engines import runner
+from circuits.engines import forward
+from circuits.engines.replay import BlockReplay
 from circuits.engines.sites import Site, hook_name, write
 
 
@@ -38,7 +39,7 @@ class Edit:
         return hook_name(self.site, self.layer)
 
 
-def _hooks_for(chunk: Sequence[Sequence[Edit]], b: int) -> list[runner.Hook]:
+def _hooks_for(chunk: Sequence[Sequence[Edit]], b: int) -> list[forward.Hook]:
     by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
     for t, variant in enumerate(chunk):
         for e in variant:
@@ -59,9 +60,9 @@ def _hooks_for(chunk: Sequence[Sequence[Edit]], b: int) -> list[runner.Hook]:
 @torch.no_grad()
 def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, " batch"],
                  variants: Sequence[Sequence[Edit]], memory_budget: int | None = None,
-                 progress: bool | str = False, extra_hooks: Sequence[runner.Hook] = (),
+                 progress: bool | str = False, extra_hooks: Sequence[forward.Hook] = (),
                  schedules: Sequence[Any] | None = None, ps: Any = None, bos: bool = True,
-                 replay: runner.BlockReplay | None = None, skip: int = 0) -> Float[Tensor, "variant batch vocab"]:
+                 replay: BlockReplay | None = None, skip: int = 0) -> Float[Tensor, "variant batch vocab"]:
     """END logits of every variant: [n_variants, batch, vocab].
 
     ``extra_hooks`` apply to every row. ``schedules`` (one attention-peeking
@@ -74,11 +75,11 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
     if schedules is not None and len(schedules) != len(variants):
         raise ValueError("schedules must give one peeking schedule per variant")
     b = tokens.shape[0]
-    per = max(1, runner.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
+    per = max(1, forward.rows_per_forward(model, tokens.shape[1], memory_budget) // b)
     starts = [_start_layer(v, None if schedules is None else schedules[i]) for i, v in enumerate(variants)]
     order = sorted(range(len(variants)), key=lambda i: -starts[i])  # chunks of similar start layers
     if replay is None and (skip or any(st > 0 for st in starts)):
-        replay = runner.BlockReplay(model, tokens, end)
+        replay = BlockReplay(model, tokens, end)
     if not (skip and replay is not None and not extra_hooks and schedules is None and replay.supports_skip(skip)):
         skip = 0
     out: list[Tensor | None] = [None] * len(variants)
@@ -100,7 +101,7 @@ def run_variants(model: Any, tokens: Int[Tensor, "batch pos"], end: Int[Tensor, 
         if start > 0 or skip:
             logits = replay.end_logits_from(start, n, hooks, skip=skip)
         else:
-            logits = runner.end_logits(model, runner.tile(tokens, n), runner.tile(end, n), hooks)
+            logits = forward.end_logits(model, forward.tile(tokens, n), forward.tile(end, n), hooks)
         for t, i in enumerate(ids):
             out[i] = logits[t * b:(t + 1) * b]
     return torch.stack(out) if out else torch.empty(0, b, 0)

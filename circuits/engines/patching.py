@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.common import (
     Metric,
     answer_vocab,
@@ -31,6 +31,7 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.interventions import Edit, run_variants
+from circuits.engines.replay import BlockReplay
 from circuits.engines.sites import check_head, check_layer, get_site, hook_name, n_heads_at
 from circuits.prompts import PromptSet
 from circuits.scores import Scores
@@ -70,7 +71,7 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
     fn, metric_name = resolve_metric(metric)
     ps = prepare_prompts(model, ps)
     ps_m, vocab = answer_vocab(ps, metric_name)
-    with runner.restricted_vocab(vocab):
+    with forward.restricted_vocab(vocab):
         layers = [check_layer(model, x) for x in (range(model.cfg.n_layers) if layers is None
                                                    else as_list(layers, "layers"))]
         head_ids: list[int | None] = [None]
@@ -84,9 +85,9 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
         base, source = base_and_source(ps, direction)
         end = ps.positions["END"]
         names = [hook_name(s, layer) for layer in layers]
-        replay = runner.BlockReplay(model, base, end)  # the base run, recorded for restarts
+        replay = BlockReplay(model, base, end)  # the base run, recorded for restarts
         base_logits = replay.base_logits
-        src_logits, src_store = runner.run_with_store(model, source, end, names)
+        src_logits, src_store = forward.run_with_store(model, source, end, names)
         clean_logits, corrupted_logits = ((src_logits, base_logits) if direction == "denoise"
                                           else (base_logits, src_logits))
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from circuits.engines import fastpaths, runner
+from circuits.engines import fastpaths, forward
 from circuits.engines.common import (
     Metric,
     answer_vocab,
@@ -41,6 +41,7 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
+from circuits.engines.replay import BlockReplay
 from circuits.engines.sites import hook_at, n_kv_heads
 from circuits.names import BadName, Reader, parse_reader
 from circuits.prompts import PromptSet
@@ -61,7 +62,7 @@ def parse_receiver(spec: Any) -> tuple[int, int, str] | str:
 def _freeze_hook(base: torch.Tensor, keep_tiles: list[int], n: int):
     """Hook setting the activation to ``base`` (tiled) except in the tiles listed."""
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        out = runner.tile(base, n).reshape(n, *base.shape).clone()
+        out = forward.tile(base, n).reshape(n, *base.shape).clone()
         if keep_tiles:
             mine = act.reshape(n, *base.shape)
             out[keep_tiles] = mine[keep_tiles]
@@ -91,7 +92,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
     fn, metric_name = resolve_metric(metric)
     ps = prepare_prompts(model, ps)
     ps_m, vocab = answer_vocab(ps, metric_name)
-    with runner.restricted_vocab(vocab):
+    with forward.restricted_vocab(vocab):
         if direction not in ("noise", "denoise"):
             raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
         recv = [parse_receiver(r) for r in as_list(receivers, "receivers")]
@@ -132,9 +133,9 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                                  "the model has no hook_resid_mid (attention and MLP in parallel)")
                 recv_layers = None
         # the base run records what each block received, so later passes can restart at any layer
-        replay = runner.BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
+        replay = BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
         base_logits, base_store = replay.base_logits, replay.store
-        src_logits, src_store = runner.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
+        src_logits, src_store = forward.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
         base_vals = evaluate_metric(fn, base_logits, ps_m)
         s_pos = None if sender_position is None else ps.positions[sender_position].long()
         r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
@@ -145,7 +146,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         per = torch.full((n_layers, int(model.cfg.n_heads), b), float("nan"))
         for s in snd:
             per[s.layer, s.head] = base_vals.cpu()
-        per_chunk = max(1, runner.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
+        per_chunk = max(1, forward.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
         scored = sorted(scored, key=lambda s: (s.layer, s.head))
         groups: list[list[Node]] = []  # one sender layer per chunk: pass C restarts at that layer
         for snd_i in scored:
@@ -164,15 +165,15 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                                          "does not cover")
         if fast:  # direct paths are linear up to the receivers: no pass C forward at all
             groups = []
-            for chunk in tqdm(list(runner.chunks(scored, per_chunk)), desc="path patching (direct)",
+            for chunk in tqdm(list(forward.chunks(scored, per_chunk)), desc="path patching (direct)",
                               disable=not progress, leave=False):
                 deltas = _sender_deltas(model, chunk, base_store, src_store, s_pos)  # [n, b, P, d]
                 n = len(chunk)
                 if recv == ["logits"]:
-                    final = runner.final_residual(model, base_tok)
+                    final = forward.final_residual(model, base_tok)
                     rows = torch.arange(b, device=final.device)
                     fe = final[rows, end]  # [b, d]
-                    logits = runner.unembed(model, fe[None] + deltas[:, rows, end])
+                    logits = forward.unembed(model, fe[None] + deltas[:, rows, end])
                 else:
                     inputs = _direct_receiver_inputs(model, chunk, deltas, base_store, heads_recv, group, end)
                     logits = None
@@ -188,7 +189,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
             n = len(chunk)
             # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
-            hooks: list[runner.Hook] = []
+            hooks: list[forward.Hook] = []
             for layer in range(n_layers):
                 own = [t for t, s in enumerate(chunk) if s.layer == layer]
                 hooks.append((attn_names[layer], _freeze_hook(base_store[attn_names[layer]], own, n)))
@@ -228,12 +229,12 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                     def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
                         a = act.clone()
                         # a receiver at or before the chunk's sender layer has no path from it: base input
-                        c = got[name] if name in got else runner.tile(base_store[name], n)
+                        c = got[name] if name in got else forward.tile(base_store[name], n)
                         if r_pos is None:
                             a[:, :, idx] = c[:, :, idx]
                         else:
-                            rows = torch.nonzero(runner.tile(r_pos, n) >= 0).flatten()
-                            p = runner.tile(r_pos, n)[rows]
+                            rows = torch.nonzero(forward.tile(r_pos, n) >= 0).flatten()
+                            p = forward.tile(r_pos, n)[rows]
                             for h in idx:
                                 a[rows, p, h] = c[rows, p, h]
                         return a
@@ -298,7 +299,7 @@ def _direct_inputs_check(model: Any, base_store: dict, heads_recv: list) -> tupl
                     return False, (f"ln1 + W_{comp.upper()} does not reproduce layer {layer}'s hook_{comp} "
                                    f"(max difference {diff:.1e})")
         return True, "ln1 + W_Q/K/V reproduce the receivers' inputs"
-    except runner.CHECK_ERRORS as e:
+    except forward.CHECK_ERRORS as e:
         return False, f"the attention weights cannot be applied by hand ({type(e).__name__}: {e})"
 
 
@@ -335,9 +336,9 @@ def _direct_receiver_inputs(model: Any, chunk: list, deltas: torch.Tensor, base_
             idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
             if comp == "q" and layer == len(model.blocks) - 1:
                 x = resid[rows, end][None] + deltas[:, rows, end] * gate[:, None, None]  # [n, b, d]
-                new = runner.tile(base_store[hook_at("q", layer)][:, :, idx], n).clone()
+                new = forward.tile(base_store[hook_at("q", layer)][:, :, idx], n).clone()
                 at_end = _receiver_input(model, layer, comp, x.reshape(n * b, 1, -1), idx)[:, 0]
-                new[torch.arange(n * b, device=new.device), runner.tile(end, n).to(new.device)] = at_end.to(new.dtype)
+                new[torch.arange(n * b, device=new.device), forward.tile(end, n).to(new.device)] = at_end.to(new.dtype)
             else:
                 x = (resid[None] + deltas * gate[:, None, None, None]).reshape(n * b, *resid.shape[1:])
                 new = _receiver_input(model, layer, comp, x, idx)
@@ -354,7 +355,7 @@ def _direct_receiver_hooks(inputs: list, n: int, r_pos) -> list:
             if r_pos is None:
                 a[:, :, idx] = new.to(a.dtype)
             else:
-                p = runner.tile(r_pos, n)
+                p = forward.tile(r_pos, n)
                 rows = torch.nonzero(p >= 0).flatten()
                 for j, h in enumerate(idx):
                     a[rows, p[rows], h] = new[rows, p[rows], j].to(a.dtype)
@@ -363,7 +364,7 @@ def _direct_receiver_hooks(inputs: list, n: int, r_pos) -> list:
     return hooks
 
 
-def _one_layer_checked(model: Any, replay: runner.BlockReplay, base_store: dict, inputs: list, n: int,
+def _one_layer_checked(model: Any, replay: BlockReplay, base_store: dict, inputs: list, n: int,
                        group: int, r_pos, end: torch.Tensor, checked: bool) -> tuple[torch.Tensor | None, bool]:
     """(``_one_layer_logits`` or None, whether to keep using it). The first call checks the
     shortcut against the generic pass D on up to two senders; a mismatch (an attention this
@@ -371,7 +372,7 @@ def _one_layer_checked(model: Any, replay: runner.BlockReplay, base_store: dict,
     name = "path_one_layer_receivers"
     try:
         logits = _one_layer_logits(model, replay, base_store, inputs, n, group, r_pos, end)
-    except runner.CHECK_ERRORS as e:
+    except forward.CHECK_ERRORS as e:
         fastpaths.record(model, name, False, f"the receiver layer cannot be computed by hand "
                                              f"({type(e).__name__}: {e})")
         return None, False
@@ -393,7 +394,7 @@ def _one_layer_store_names(layer: int) -> list[str]:
     return [hook_at(c, layer) for c in "qkvz"] + [hook_at("resid_mid", layer)]
 
 
-def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, inputs: list, n: int,
+def _one_layer_logits(model: Any, replay: BlockReplay, base_store: dict, inputs: list, n: int,
                       group: int, r_pos, end: torch.Tensor) -> torch.Tensor:
     """END logits [n*b, vocab] of pass D when every receiver sits in one layer, without running it.
 
@@ -442,7 +443,7 @@ def _one_layer_logits(model: Any, replay: runner.BlockReplay, base_store: dict, 
         dz = torch.einsum("nbap,nbpad->nbad", scores.softmax(-1), sel["v"]) - z_base[rows, end]
         x = (mid[rows, end] + torch.einsum("nbad,adm->nbm", dz, w_o)).reshape(n * b, 1, -1)
         x = x + block.mlp(block.ln2(x))
-        return runner.unembed(model, x[:, 0])
+        return forward.unembed(model, x[:, 0])
     scores = torch.einsum("nbqad,nbkad->nbaqk", sel["q"], sel["k"]) / scale
     scores = scores.masked_fill(key_pos[None, :] > key_pos[:, None], float("-inf"))
     dz = torch.einsum("nbaqk,nbkad->nbqad", scores.softmax(-1), sel["v"]) - z_base

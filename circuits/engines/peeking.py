@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.engines import runner
+from circuits.engines import forward
 from circuits.engines.sites import hook_at
 from circuits.prompts import PromptSet
 
@@ -75,7 +75,7 @@ def _layer_masks(ps: PromptSet, spec: Any, n_heads: int, bos: bool) -> Tensor | 
     return None if m is None else m[:, None]
 
 
-def peeking_hooks(model: Any, ps: PromptSet, schedules: Sequence[Schedule], bos: bool = True) -> list[runner.Hook]:
+def peeking_hooks(model: Any, ps: PromptSet, schedules: Sequence[Schedule], bos: bool = True) -> list[forward.Hook]:
     """Hooks applying ``schedules[t]`` to tile t of a tiled batch (one schedule: untiled)."""
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     for sched in schedules:
