@@ -24,38 +24,6 @@ import torch
 from analyses.common import safe_name, versions
 
 
-def _circuit_figure(graph: Any, mask: torch.Tensor, scores: torch.Tensor, stem: str, title: str) -> list[str]:
-    import networkx as nx
-
-    from circuits.figures import _plt, save_figure
-
-    plt = _plt()
-    g = nx.DiGraph()
-    pos: dict[str, tuple[float, float]] = {}
-
-    def node_of(name: str) -> str:
-        return name.split("<")[0]
-
-    for w, r in torch.nonzero(mask).tolist():
-        u, v = graph.writers[w], node_of(graph.readers[r])
-        g.add_edge(u, v, weight=float(scores[w, r]), label=graph.readers[r][len(v):])
-    by_level: dict[float, list[str]] = {}
-    for n in g.nodes:
-        level = -1.0 if n == "input" else graph.n_layers if n == "logits" else graph.writer_layer(n)
-        by_level.setdefault(level, []).append(n)
-    for level, names in by_level.items():
-        for i, n in enumerate(sorted(names)):
-            pos[n] = (i - (len(names) - 1) / 2, level)
-    fig, ax = plt.subplots(figsize=(7, 1.0 * (graph.n_layers + 3)), layout="constrained")
-    weights = [g.edges[e]["weight"] for e in g.edges]
-    lim = max((abs(x) for x in weights), default=1.0) or 1.0
-    nx.draw_networkx(g, pos, ax=ax, node_size=900, font_size=7, node_color="lightsteelblue", arrows=True,
-                     edge_color=weights, edge_cmap=plt.get_cmap("coolwarm"), edge_vmin=-lim, edge_vmax=lim,
-                     width=[0.8 + 2.5 * abs(x) / lim for x in weights])
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, stem)
-
-
 def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int = 0, device: str | None = None,
          out: str = "results", steps: int = 5, tau: float = 0.02, n_boot: int = 3) -> int:
     """Run the analysis; results/discover/<task>/<model>/ is replaced as a unit when the run succeeds."""
@@ -83,7 +51,8 @@ def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: s
     from circuits.engines.agreement import agreement_report
     from circuits.engines.attribution import EdgeScores, attribute_edges
     from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
-    from circuits.engines.mib import faithfulness_curve, plot_curves
+    from circuits.engines.mib import faithfulness_curve
+    from circuits.figures import circuit_figure, faithfulness_curves, save_figure
     from circuits.io import atomic_write_json
     from circuits.models import load_model, model_info
     from circuits.tasks import build_task
@@ -130,7 +99,8 @@ def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: s
         t = time.time()
         curves[name] = faithfulness_curve(m, ps, sc, metric=metric)
         timings[f"curve {name}"] = round(time.time() - t, 2)
-    figs = plot_curves(curves, os.path.join(folder, "curves"), title=f"MIB faithfulness, {task} on {model}")
+    figs = save_figure(faithfulness_curves(curves, title=f"MIB faithfulness, {task} on {model}"),
+                       os.path.join(folder, "curves"))
 
     ig_curve = curves["EAP-IG-inputs"]
     good = [i for i, f in enumerate(ig_curve["faithfulness"]) if f >= 0.8]
@@ -147,8 +117,10 @@ def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: s
         m, p, method="eap-ig-inputs", steps=steps, metric=metric).scores, n_top), n_boot=n_boot, seed=seed)
     timings["stability"] = round(time.time() - t, 2)
     circuit.settings["stability"] = stability
-    figs += _circuit_figure(graph, circuit_mask, ig.scores, os.path.join(folder, "circuit"),
-                            f"EAP-IG circuit ({len(circuit.edges)} edges, f = {circuit.settings['faithfulness']:.2f})")
+    weighted = [(graph.writers[w], graph.readers[r], float(ig.scores[w, r])) for w, r in circuit_mask.nonzero().tolist()]
+    figs += save_figure(circuit_figure({}, weighted, graph.n_layers, title=f"EAP-IG circuit ({len(circuit.edges)} "
+                                       f"edges, f = {circuit.settings['faithfulness']:.2f})"),
+                        os.path.join(folder, "circuit"))
     t = time.time()
     acdc_stability = bootstrap_stability(ps, lambda p: acdc(m, p, tau, candidates=cand, progress=False).mask(graph),
                                          n_boot=min(n_boot, 2), seed=seed)

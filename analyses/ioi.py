@@ -86,7 +86,7 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
     from circuits.engines.forward import end_logits
     from circuits.engines.patching import activation_patching
     from circuits.engines.path_patching import path_patching, wang_effect
-    from circuits.figures import circuit_figure, heatmaps
+    from circuits.figures import circuit_figure, heatmaps, save_figure
     from circuits.io import atomic_write_json
     from circuits.models import load_model, model_info
     from circuits.tasks import build_task
@@ -110,8 +110,8 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
     panels = {f"noising: LD lost @ {pos}": 1 - patch["noise"].normalized()[:, i] for i, pos in enumerate(POSITIONS)}
     panels |= {f"denoising: LD restored @ {pos}": patch["denoise"].normalized()[:, i]
                for i, pos in enumerate(POSITIONS)}
-    figs = heatmaps(panels, os.path.join(folder, "patching"), center=0.0, cbar="fraction of clean-corrupted LD",
-                    title=f"IOI head patching by position ({model})")
+    figs = save_figure(heatmaps(panels, center=0.0, cbar="fraction of clean-corrupted LD",
+                                title=f"IOI head patching by position ({model})"), os.path.join(folder, "patching"))
 
     # 3. path patching, backwards
     steps, classes = {}, {}
@@ -175,9 +175,9 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
                             ("previous token", prev, "S1+1")):
         for layer, h in heads:
             classes[f"a{layer}.h{h}@{pos}"] = cls
-    figs += heatmaps({k: torch.tensor(v["effect_percent"]) for k, v in steps.items()},
-                     os.path.join(folder, "path_patching"), ncols=4, cbar="effect on LD (%)",
-                     title="Path patching (noising): 100 (LD_patched - LD) / LD")
+    figs += save_figure(heatmaps({k: torch.tensor(v["effect_percent"]) for k, v in steps.items()}, ncols=4,
+                                 cbar="effect on LD (%)", title="Path patching (noising): 100 (LD_patched - LD) / LD"),
+                        os.path.join(folder, "path_patching"))
 
     # 4-5. circuit, faithfulness, completeness, minimality
     circuit = list(classes)
@@ -200,8 +200,8 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
               for t, ct in classes.items() if ct in ("s-inhibition",) + direct_cls and layer_of(t) > layer_of(s)]
     edges += [(s, t) for s, cs in classes.items() if cs == "previous token" for t, ct in classes.items()
               if ct == "induction"]
-    figs += circuit_figure(classes, edges, nl, os.path.join(folder, "circuit"), classes_order=CLASSES,
-                           title=f"IOI circuit in {model}")
+    figs += save_figure(circuit_figure(classes, edges, nl, classes_order=CLASSES, title=f"IOI circuit in {model}"),
+                        os.path.join(folder, "circuit"))
 
     result = {
         "analysis": "ioi", "model": model_info(m),

@@ -11,8 +11,7 @@ fractions (0.001 .. 1, linear x unless ``log_scale``), CMD the trapezoid area of
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -63,21 +62,3 @@ def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablatio
             "average": sum(f) / len(f), "m_full": m_full, "m_empty": m_empty, "total_edges": graph.n_edges,
             "settings": {"ablation": ablation, "metric": metric_name, "selection": selection, "absolute": absolute,
                          "log_scale": log_scale, "method": scores.settings.get("method"), "n_prompts": len(ps)}}
-
-
-def plot_curves(curves: Mapping[str, Mapping[str, Any]], stem: str | os.PathLike, title: str = "") -> list[str]:
-    """Faithfulness vs edge fraction for several methods, with CPR/CMD in the legend (PDF + PNG)."""
-    from circuits.figures import _plt, save_figure
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for name, c in curves.items():
-        ax.plot([100 * p for p in c["percentages"]], c["faithfulness"], marker="o",
-                label=f"{name} (CPR {c['cpr']:.2f}, CMD {c['cmd']:.2f})")
-    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel("edges kept (%)")
-    ax.set_ylabel("faithfulness f")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    return save_figure(fig, stem)
