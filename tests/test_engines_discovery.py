@@ -140,3 +140,16 @@ def test_faithfulness_curve_on_planted_model(planted):
     assert all(cur["faithfulness"][i] == pytest.approx(1.0, abs=1e-3) for i in kept3)
     assert cur["cpr"] == pytest.approx(area_under(cur["percentages"], cur["faithfulness"])[0])
     assert 0 < cur["cmd"] < 0.1
+
+
+def test_edge_engine_refuses_a_model_whose_queries_are_not_ln1_then_w_q(engine_models):
+    """Edge-level evaluation computes readers' inputs by hand; a q changed after W_Q (here by a
+    hook, as QK-norm would) must be refused by name, not evaluated wrongly."""
+    from circuits.engines.sites import hook_at
+
+    model = engine_models("gpt2")
+    ps = build_task("ioi", model.tokenizer, n=3, seed=0)
+    g = edge_graph(model)
+    with model.hooks(fwd_hooks=[(hook_at("q", 1), lambda q, hook: q * 1.5)]):
+        with pytest.raises(ValueError, match="does not reproduce layer 1's hook_q"):
+            evaluate_edge_circuits(model, ps, [g.mask])

@@ -42,6 +42,7 @@ from circuits.engines.common import (
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.engines.sites import hook_at
+from circuits.engines.stream import writer_hooks, writer_outputs
 from circuits.prompts import PromptSet
 from circuits.scores import Scores
 
@@ -147,22 +148,6 @@ def _head_reader_grads(model: Any, layer: int, g: dict[str, Any]) -> tuple[Tenso
     return gx.permute(1, 2, 0, 3), gx.sum(0) - g["ln1_grad"][layer]
 
 
-def _writer_acts(model: Any, store: dict[str, Tensor]) -> Tensor:
-    """[b, p, W, d] writer outputs (input, heads through W_O, MLPs) from a run's store."""
-    n_layers = int(model.cfg.n_layers)
-    parts = [store[hook_at("resid_pre", 0)][:, :, None]]
-    for layer in range(n_layers):
-        z = store[hook_at("z", layer)]
-        parts.append(torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype)))
-        parts.append(store[hook_at("mlp_out", layer)][:, :, None])
-    return torch.cat(parts, 2)
-
-
-def _writer_names(n_layers: int) -> list[str]:
-    return [hook_at("resid_pre", 0)] + [n for layer in range(n_layers) for n in
-                                          (hook_at("z", layer), hook_at("mlp_out", layer))]
-
-
 def _reader_grads(model: Any, g: dict[str, Any], graph: EdgeGraph) -> tuple[Tensor, float]:
     """[b, p, R, d] gradients of every reader in graph order, and the largest norm-pullback mismatch."""
     parts, worst = [], 0.0
@@ -194,12 +179,12 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     graph = edge_graph(model)
     n_layers = graph.n_layers
     end = ps.positions["END"]
-    names = _writer_names(n_layers)
+    names = writer_hooks(n_layers)
     with forward.restricted_vocab(vocab), torch.no_grad():
         _, clean = forward.run_with_store(model, ps.clean, end, names)
         _, corr = forward.run_with_store(model, ps.corrupted, end, names)
     with torch.no_grad():
-        delta = _writer_acts(model, clean) - _writer_acts(model, corr)  # [b, p, W, d]
+        delta = writer_outputs(model, clean) - writer_outputs(model, corr)  # [b, p, W, d]
     n_points = 1 if method == "eap" else steps
     b = len(ps)
     # writer groups integrated separately by the activations variant: input, each attention layer, each MLP
@@ -269,7 +254,7 @@ def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_
     ps_m, vocab = answer_vocab(ps, metric_name)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     end = ps.positions["END"]
-    names = _writer_names(n_layers)
+    names = writer_hooks(n_layers)
     with forward.restricted_vocab(vocab), torch.no_grad():
         _, clean = forward.run_with_store(model, ps.clean, end, names)
         _, corr = forward.run_with_store(model, ps.corrupted, end, names)

@@ -24,7 +24,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.engines import forward
-from circuits.engines.attribution import _writer_acts, _writer_names
 from circuits.engines.common import (
     Metric,
     answer_vocab,
@@ -35,6 +34,7 @@ from circuits.engines.common import (
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.engines.sites import hook_at
+from circuits.engines.stream import check_receiver_inputs, writer_hooks, writer_outputs
 from circuits.names import Reader
 from circuits.prompts import PromptSet
 
@@ -44,19 +44,19 @@ ABLATIONS = ("corrupted", "mean", "zero")
 def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: PromptSet | None) -> Tensor:
     """[b, p, W, d] the value each writer takes on an ablated edge."""
     n_layers = int(model.cfg.n_layers)
-    names = _writer_names(n_layers)
+    names = writer_hooks(n_layers)
     end = ps.positions["END"]
     if ablation == "corrupted":
         _, store = forward.run_with_store(model, ps.corrupted, end, names)
-        return _writer_acts(model, store)
+        return writer_outputs(model, store)
     if ablation == "zero":
         _, store = forward.run_with_store(model, ps.clean, end, names)
-        return torch.zeros_like(_writer_acts(model, store))
+        return torch.zeros_like(writer_outputs(model, store))
     if reference is not None:
         check_fits(model, reference, "the ablation's reference PromptSet")
     ref = (reference or ps).to(ps.clean.device)
     _, store = forward.run_with_store(model, ref.clean, ref.positions["END"], names)
-    acts = _writer_acts(model, store)  # [n_ref, P_ref, W, d]
+    acts = writer_outputs(model, store)  # [n_ref, P_ref, W, d]
     mask = ref.attention_mask[:, :, None, None].to(acts.dtype)
     glob = (acts * mask).sum((0, 1)) / mask.sum((0, 1)).clamp_min(1)
     pos_mean = (acts * mask).sum(0) / mask.sum(0).clamp_min(1)
@@ -68,16 +68,14 @@ def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: Prompt
 
 
 def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
-    from circuits.engines.path_patching import _direct_inputs_check
-
     layers = range(graph.n_layers)
     names = [hook_at("resid_pre", layer) for layer in layers]
     names += [hook_at(c, layer) for layer in layers for c in "qkv"]
     _, store = forward.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
-    recv = [(layer, 0, c) for layer in layers for c in "qkv"]
-    if not _direct_inputs_check(model, store, recv):
+    ok, why = check_receiver_inputs(model, store, [(layer, 0, c) for layer in layers for c in "qkv"])
+    if not ok:
         raise ValueError("edge-level evaluation needs each head's q/k/v to be its input norm followed by "
-                         "W_Q/W_K/W_V (true for GPT-2, Llama, Qwen2, GPT-NeoX); this model differs")
+                         f"W_Q/W_K/W_V (true for GPT-2, Llama, Qwen2, GPT-NeoX); on this model {why}")
 
 
 def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n: int, b: int) -> list:

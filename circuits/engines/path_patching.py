@@ -41,8 +41,10 @@ from circuits.engines.common import (
     resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
+from circuits.engines.path_shortcuts import DirectPaths, one_layer_store_names
 from circuits.engines.replay import BlockReplay
 from circuits.engines.sites import hook_at, n_kv_heads
+from circuits.engines.stream import check_receiver_inputs
 from circuits.names import BadName, Reader, parse_reader
 from circuits.prompts import PromptSet
 from circuits.scores import Scores
@@ -122,10 +124,9 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             extra += sorted({hook_at("resid_pre", layer) for layer, _, _ in heads_recv})
             extra += sorted({hook_at(c, layer) for layer, _, c in heads_recv})
         recv_layers = sorted({layer for layer, _, _ in heads_recv})
-        first_recv = recv_layers[0] if recv_layers else n_layers
         recv_layers = recv_layers if len(recv_layers) == 1 else None
         if freeze_mlps and recv_layers:
-            names = _one_layer_store_names(recv_layers[0])
+            names = one_layer_store_names(recv_layers[0])
             if all(nm in model.hook_dict for nm in names):
                 extra = sorted(set(extra) | set(names))
             else:
@@ -155,37 +156,21 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
             groups[-1].append(snd_i)
         fast = False
         if freeze_mlps:
-            fast, why = _direct_inputs_check(model, base_store, heads_recv)
+            fast, why = check_receiver_inputs(model, base_store, heads_recv)
             fastpaths.record(model, "path_direct_shortcut", fast, why)
         # receivers all in one layer: their outputs by hand, not a forward of that layer
-        one_layer, one_layer_checked = fast and recv_layers is not None and replay.ok, False
+        one_layer = fast and recv_layers is not None and replay.ok
         if one_layer and getattr(model.cfg, "positional_embedding_type", None) == "rotary":
             one_layer = fastpaths.record(model, "path_one_layer_receivers", False,
                                          "rotary embeddings act after hook_q/hook_k, which the hand computation "
                                          "does not cover")
         if fast:  # direct paths are linear up to the receivers: no pass C forward at all
-            groups = []
-            for chunk in tqdm(list(forward.chunks(scored, per_chunk)), desc="path patching (direct)",
-                              disable=not progress, leave=False):
-                deltas = _sender_deltas(model, chunk, base_store, src_store, s_pos)  # [n, b, P, d]
-                n = len(chunk)
-                if recv == ["logits"]:
-                    final = forward.final_residual(model, base_tok)
-                    rows = torch.arange(b, device=final.device)
-                    fe = final[rows, end]  # [b, d]
-                    logits = forward.unembed(model, fe[None] + deltas[:, rows, end])
-                else:
-                    inputs = _direct_receiver_inputs(model, chunk, deltas, base_store, heads_recv, group, end)
-                    logits = None
-                    if one_layer:
-                        logits, one_layer = _one_layer_checked(model, replay, base_store, inputs, n, group, r_pos,
-                                                               end, one_layer_checked)
-                        one_layer_checked = True
-                    if logits is None:
-                        logits = replay.end_logits_from(first_recv, n, _direct_receiver_hooks(inputs, n, r_pos))
-                    logits = logits.reshape(n, b, -1)
+            direct = DirectPaths(model, replay, base_store, src_store, base_tok, end, heads_recv, group, s_pos,
+                                 r_pos, one_layer)
+            for chunk, logits in direct.logits(list(forward.chunks(scored, per_chunk)), progress):
                 for t, snd_t in enumerate(chunk):
                     per[snd_t.layer, snd_t.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
+            one_layer, groups = direct.one_layer, []
         for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
             n = len(chunk)
             # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
@@ -261,195 +246,3 @@ def wang_effect(scores: Scores) -> torch.Tensor:
     """The IOI paper's 100 * (m_patched - m_base) / m_base, per sender [layer, head]."""
     base = scores.baseline["base"]
     return 100 * (scores.values - base) / base
-
-
-
-
-def _receiver_input(model: Any, layer: int, comp: str, x: torch.Tensor,
-                    heads: Sequence[int] | None = None) -> torch.Tensor:
-    """q/k/v [..., P, heads, d_head] that ``layer`` computes from the residual ``x`` [..., P, d_model].
-
-    ``heads``: only these (query or KV-group) heads, in this order; default all.
-    """
-    attn = model.blocks[layer].attn
-    normed = model.blocks[layer].ln1(x)
-    w = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}[comp]
-    bias = getattr(attn, {"q": "b_Q", "k": "b_K", "v": "b_V"}[comp], None)
-    if heads is not None:
-        w = w[list(heads)]
-        bias = None if bias is None else bias[list(heads)]
-    out = torch.einsum("bpd,hde->bphe", normed, w)
-    return out if bias is None else out + bias
-
-
-def _direct_inputs_check(model: Any, base_store: dict, heads_recv: list) -> tuple[bool, str]:
-    """(whether ln1 + W_Q/K/V reproduce the receivers' inputs, why). They do not under QK-norm,
-    rotary applied before hook_q/k, or attention weights not exposed as W_Q/W_K/W_V."""
-    try:
-        for layer in sorted({layer for layer, _, _ in heads_recv}):
-            x = base_store[hook_at("resid_pre", layer)]
-            for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
-                want = base_store[hook_at(comp, layer)]
-                got = _receiver_input(model, layer, comp, x)
-                if got.shape != want.shape:
-                    return False, (f"ln1 + W_{comp.upper()} gives shape {tuple(got.shape)} at layer {layer}, "
-                                   f"hook_{comp} has {tuple(want.shape)}")
-                if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
-                    diff = float((got - want).abs().max())
-                    return False, (f"ln1 + W_{comp.upper()} does not reproduce layer {layer}'s hook_{comp} "
-                                   f"(max difference {diff:.1e})")
-        return True, "ln1 + W_Q/K/V reproduce the receivers' inputs"
-    except forward.CHECK_ERRORS as e:
-        return False, f"the attention weights cannot be applied by hand ({type(e).__name__}: {e})"
-
-
-def _sender_deltas(model: Any, chunk: list, base_store: dict, src_store: dict, s_pos) -> torch.Tensor:
-    """[n, b, P, d_model]: each sender's source-minus-base write into the residual stream."""
-    out = []
-    for s in chunk:
-        name = hook_at("z", s.layer)
-        dz = src_store[name][:, :, s.head] - base_store[name][:, :, s.head]
-        if s_pos is not None:
-            keep = torch.zeros(dz.shape[:2], dtype=torch.bool, device=dz.device)
-            rows = torch.nonzero(s_pos >= 0).flatten()
-            keep[rows, s_pos[rows]] = True
-            dz = dz * keep[..., None]
-        out.append(dz @ model.blocks[s.layer].attn.W_O[s.head])
-    return torch.stack(out)
-
-
-def _direct_receiver_inputs(model: Any, chunk: list, deltas: torch.Tensor, base_store: dict,
-                            heads_recv: list, group: int, end: torch.Tensor) -> list[tuple[int, str, list[int], torch.Tensor]]:
-    """(layer, comp, heads, new [n*b, P, len(heads), d_head]): each receiver's q/k/v computed from
-    the base residual plus the sender's delta (senders at or after the receiver's layer add nothing).
-
-    Queries of the last layer matter at END only: they are computed there and keep their
-    base value elsewhere.
-    """
-    n, b = deltas.shape[:2]
-    out = []
-    rows = torch.arange(b, device=deltas.device)
-    for layer in sorted({layer for layer, _, _ in heads_recv}):
-        gate = torch.tensor([s.layer < layer for s in chunk], dtype=deltas.dtype, device=deltas.device)
-        resid = base_store[hook_at("resid_pre", layer)]
-        for comp in sorted({c for ly, _, c in heads_recv if ly == layer}):
-            idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
-            if comp == "q" and layer == len(model.blocks) - 1:
-                x = resid[rows, end][None] + deltas[:, rows, end] * gate[:, None, None]  # [n, b, d]
-                new = forward.tile(base_store[hook_at("q", layer)][:, :, idx], n).clone()
-                at_end = _receiver_input(model, layer, comp, x.reshape(n * b, 1, -1), idx)[:, 0]
-                new[torch.arange(n * b, device=new.device), forward.tile(end, n).to(new.device)] = at_end.to(new.dtype)
-            else:
-                x = (resid[None] + deltas * gate[:, None, None, None]).reshape(n * b, *resid.shape[1:])
-                new = _receiver_input(model, layer, comp, x, idx)
-            out.append((layer, comp, idx, new))
-    return out
-
-
-def _direct_receiver_hooks(inputs: list, n: int, r_pos) -> list:
-    """Pass-D hooks giving each receiver its input from ``_direct_receiver_inputs``."""
-    hooks = []
-    for layer, comp, idx, new in inputs:
-        def put(act, hook, new=new, idx=idx):
-            a = act.clone()
-            if r_pos is None:
-                a[:, :, idx] = new.to(a.dtype)
-            else:
-                p = forward.tile(r_pos, n)
-                rows = torch.nonzero(p >= 0).flatten()
-                for j, h in enumerate(idx):
-                    a[rows, p[rows], h] = new[rows, p[rows], j].to(a.dtype)
-            return a
-        hooks.append((hook_at(comp, layer), put))
-    return hooks
-
-
-def _one_layer_checked(model: Any, replay: BlockReplay, base_store: dict, inputs: list, n: int,
-                       group: int, r_pos, end: torch.Tensor, checked: bool) -> tuple[torch.Tensor | None, bool]:
-    """(``_one_layer_logits`` or None, whether to keep using it). The first call checks the
-    shortcut against the generic pass D on up to two senders; a mismatch (an attention this
-    hand computation does not cover: rotary, ALiBi, soft-capping, parallel MLP...) turns it off."""
-    name = "path_one_layer_receivers"
-    try:
-        logits = _one_layer_logits(model, replay, base_store, inputs, n, group, r_pos, end)
-    except forward.CHECK_ERRORS as e:
-        fastpaths.record(model, name, False, f"the receiver layer cannot be computed by hand "
-                                             f"({type(e).__name__}: {e})")
-        return None, False
-    if checked:
-        return logits, True
-    b = end.shape[0]
-    k = min(2, n)
-    few = [(ly, c, idx, new[:k * b]) for ly, c, idx, new in inputs]
-    ref = replay.end_logits_from(inputs[0][0], k, _direct_receiver_hooks(few, k, r_pos))
-    diff = float((logits[:k * b] - ref).abs().max())
-    ok = bool(torch.allclose(logits[:k * b], ref, atol=1e-4, rtol=1e-4))
-    fastpaths.record(model, name, ok, f"hand-computed receiver layer {'equals' if ok else 'differs from'} "
-                                      f"the generic pass (max difference {diff:.1e})")
-    return (logits, True) if ok else (None, False)
-
-
-def _one_layer_store_names(layer: int) -> list[str]:
-    """Base activations ``_one_layer_logits`` reads."""
-    return [hook_at(c, layer) for c in "qkvz"] + [hook_at("resid_mid", layer)]
-
-
-def _one_layer_logits(model: Any, replay: BlockReplay, base_store: dict, inputs: list, n: int,
-                      group: int, r_pos, end: torch.Tensor) -> torch.Tensor:
-    """END logits [n*b, vocab] of pass D when every receiver sits in one layer, without running it.
-
-    Only the receiver heads of that layer see new inputs, so only their outputs are
-    recomputed (by hand: softmax(q k^T / sqrt(d_head)) v, causal), and the layer's
-    attention output moves by their change times W_O. The layer's MLP runs on the new
-    residual; if it is the last layer, at END rows only, else the later blocks are
-    replayed from it. The caller checks the result against the generic pass once.
-    """
-    layer = inputs[0][0]
-    heads = sorted({h for ly, comp, idx, _ in inputs for hk in idx
-                    for h in ([hk] if comp == "q" else range(hk * group, (hk + 1) * group))})
-    kv = [h // group for h in heads]
-    b = end.shape[0]
-    # [n, b, P, A, d_head]: base values shared by every tile (a view) unless a receiver changes them
-    sel = {"q": base_store[hook_at("q", layer)][:, :, heads], "k": base_store[hook_at("k", layer)][:, :, kv],
-           "v": base_store[hook_at("v", layer)][:, :, kv]}
-    sel = {c: t[None].expand(n, *t.shape) for c, t in sel.items()}
-    keep = None
-    if r_pos is not None:  # receivers take new inputs at their position only
-        keep = torch.zeros(sel["q"].shape[1:3], dtype=torch.bool, device=r_pos.device)
-        ok = torch.nonzero(r_pos >= 0).flatten()
-        keep[ok, r_pos[ok]] = True
-    for _, comp, idx, new in inputs:
-        new = new.reshape(n, b, *new.shape[1:])
-        sel[comp] = sel[comp].clone()
-        for j, h in enumerate(heads):
-            own = h if comp == "q" else h // group  # the query or KV head this receiver input belongs to
-            if own not in idx:
-                continue
-            val = new[..., idx.index(own), :].to(sel[comp].dtype)
-            sel[comp][..., j, :] = val if keep is None else torch.where(keep[..., None], val, sel[comp][..., j, :])
-    last = layer == len(model.blocks) - 1
-    rows = torch.arange(b, device=end.device)
-    n_pos = sel["k"].shape[2]
-    scale = getattr(model.cfg, "attn_scale", None)  # transformer-lens: -1 means sqrt(d_head)
-    scale = scale if scale and scale > 0 else model.cfg.d_head ** 0.5
-    z_base = base_store[hook_at("z", layer)][:, :, heads]  # [b, P, A, d_head]
-    key_pos = torch.arange(n_pos, device=end.device)
-    w_o = model.blocks[layer].attn.W_O[heads]  # [A, d_head, d_model]
-    mid = base_store[hook_at("resid_mid", layer)]  # [b, P, d_model]
-    block = model.blocks[layer]
-    if last:  # queries at END only
-        scores = torch.einsum("nbad,nbpad->nbap", sel["q"][:, rows, end], sel["k"]) / scale
-        scores = scores.masked_fill((key_pos[None] > end[:, None])[None, :, None], float("-inf"))
-        dz = torch.einsum("nbap,nbpad->nbad", scores.softmax(-1), sel["v"]) - z_base[rows, end]
-        x = (mid[rows, end] + torch.einsum("nbad,adm->nbm", dz, w_o)).reshape(n * b, 1, -1)
-        x = x + block.mlp(block.ln2(x))
-        return forward.unembed(model, x[:, 0])
-    scores = torch.einsum("nbqad,nbkad->nbaqk", sel["q"], sel["k"]) / scale
-    scores = scores.masked_fill(key_pos[None, :] > key_pos[:, None], float("-inf"))
-    dz = torch.einsum("nbaqk,nbkad->nbqad", scores.softmax(-1), sel["v"]) - z_base
-    x = (mid + torch.einsum("nbqad,adm->nbqm", dz, w_o)).reshape(n * b, n_pos, -1)
-    x = x + block.mlp(block.ln2(x))
-    out = replay.end_logits_given(layer + 1, x)
-    if out is None:
-        raise RuntimeError("block replay unavailable")
-    return out
