@@ -8,8 +8,10 @@ scalar, ``reduce="none"`` keeps one value per prompt [batch].
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -108,12 +110,15 @@ def accuracy(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
     return _reduce(ok.float(), reduce)
 
 
+def kl_rows(logits: Float[Tensor, "batch vocab"], reference: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+    """KL(reference || logits) per row, in nats (the one KL implementation; float32 or wider)."""
+    lr, lq = reference.float().log_softmax(-1), logits.float().log_softmax(-1)
+    return (lr.exp() * (lr - lq)).sum(-1)
+
+
 def kl_divergence(logits: Logits, reference_logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
     """KL(reference || logits) at END, in nats (reference: usually the clean run)."""
-    lp = end_logits(logits, ps).float().log_softmax(-1)
-    lq = end_logits(reference_logits, ps).float().log_softmax(-1)
-    kl = F.kl_div(lp, lq, log_target=True, reduction="none").sum(-1)
-    return _reduce(kl, reduce)
+    return _reduce(kl_rows(end_logits(logits, ps), end_logits(reference_logits, ps)), reduce)
 
 
 METRICS = {
@@ -122,6 +127,49 @@ METRICS = {
     "accuracy": accuracy,
     "candidate_prob_diff": candidate_prob_diff,
 }
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A per-prompt metric for the engines, and which logits it reads.
+
+    ``fn(end_logits [b, vocab], prompts) -> [b]``. ``answers_only``: the metric reads only
+    the answer and wrong-answer logits, so engines may unembed just those tokens (a
+    declaration, never inferred from a name).
+    """
+
+    name: str
+    fn: Callable[[Tensor, PromptSet], Tensor]
+    answers_only: bool = False
+
+
+def _per_prompt(fn: Callable[..., Tensor]) -> Callable[[Tensor, PromptSet], Tensor]:
+    def per_prompt(logits: Tensor, ps: PromptSet) -> Tensor:
+        return fn(logits, ps, reduce="none")
+
+    per_prompt.__name__ = fn.__name__
+    return per_prompt
+
+
+#: the registered metrics as MetricSpecs; logit_diff reads two tokens per prompt, the others softmax
+METRIC_SPECS = {name: MetricSpec(name, _per_prompt(fn), answers_only=name == "logit_diff")
+                for name, fn in METRICS.items()}
+
+
+def metric_spec(metric: str | MetricSpec | Callable[[Tensor, PromptSet], Tensor]) -> MetricSpec:
+    """A registered metric's name, a MetricSpec, or a callable ``(END logits, prompts) -> [b]``
+    (which reads the full vocabulary unless wrapped in a MetricSpec saying otherwise)."""
+    if isinstance(metric, MetricSpec):
+        return metric
+    if isinstance(metric, str):
+        if metric == "kl_divergence":
+            raise ValueError("kl_divergence needs reference logits; pass a callable metric instead")
+        if metric not in METRIC_SPECS:
+            raise KeyError(f"unknown metric {metric!r}; available: {sorted(METRIC_SPECS)}")
+        return METRIC_SPECS[metric]
+    if callable(metric):
+        return MetricSpec(getattr(metric, "__name__", "custom"), metric)
+    raise TypeError(f"metric must be a metric name, a MetricSpec or a callable, got {type(metric).__name__}")
 
 
 def get_metric(name: str):

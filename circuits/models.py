@@ -222,6 +222,12 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
     return model
 
 
+def n_kv_heads(model: Any) -> int:
+    """Key/value heads per layer: the KV groups under grouped-query attention, else the head count."""
+    kv = getattr(model.cfg, "n_key_value_heads", None)
+    return int(kv) if kv else int(model.cfg.n_heads)
+
+
 def model_info(model: Any) -> dict[str, Any]:
     """Plain-data description of a loaded model, recorded with every result."""
     cfg = model.cfg
@@ -232,7 +238,7 @@ def model_info(model: Any) -> dict[str, Any]:
         "architecture": getattr(cfg, "architecture", None) or type(model.original_model).__name__,
         "n_layers": int(cfg.n_layers),
         "n_heads": int(cfg.n_heads),
-        "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        "n_kv_heads": n_kv_heads(model),
         "d_model": int(cfg.d_model),
         "d_head": int(cfg.d_head),
         "d_vocab": int(cfg.d_vocab),

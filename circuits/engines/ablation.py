@@ -63,13 +63,13 @@ class Ablation:
         return d
 
 
-def _masked_mean(acts: Tensor, mask: Tensor) -> Tensor:
-    """Mean over (row, position) cells where mask is True: [n, p, ...] -> [...]."""
+def masked_mean(acts: Tensor, mask: Tensor) -> Tensor:
+    """Mean over (row, position) cells where mask [n, p] is True: acts [n, p, ...] -> [...]."""
     m = mask.reshape(*mask.shape, *([1] * (acts.ndim - 2))).to(acts.dtype)
     return (acts * m).sum((0, 1)) / m.sum((0, 1)).clamp_min(1)
 
 
-def _positional_mean(acts: Tensor, mask: Tensor, n_pos: int, fallback: Tensor) -> Tensor:
+def positional_mean(acts: Tensor, mask: Tensor, n_pos: int, fallback: Tensor) -> Tensor:
     """Per-position mean [n_pos, ...] over rows real at that position (fallback where none)."""
     m = mask.reshape(*mask.shape, *([1] * (acts.ndim - 2))).to(acts.dtype)
     s, c = (acts * m).sum(0), m.sum(0)
@@ -96,7 +96,7 @@ def _cama(acts: Tensor, mask: Tensor, ref_tokens: Tensor, tokens: Tensor, fallba
     sums = torch.zeros(len(uniq), *flat.shape[1:], dtype=acts.dtype, device=acts.device).index_add_(0, inv, flat)
     counts = torch.bincount(inv, minlength=len(uniq)).to(acts.dtype)
     means = sums / counts.reshape(-1, *([1] * (flat.ndim - 1)))
-    positional = _positional_mean(acts, mask, n_pos, fallback)  # [P, ...]
+    positional = positional_mean(acts, mask, n_pos, fallback)  # [P, ...]
     q = (torch.arange(n_pos, device=tokens.device)[None] * vocab + tokens).flatten()
     j = torch.searchsorted(uniq, q).clamp_max(len(uniq) - 1)
     found = (uniq[j] == q) & (torch.arange(n_pos, device=tokens.device).repeat(b) < p_ref)
@@ -142,7 +142,7 @@ def ablation_values(model: Any, ps: PromptSet, tokens: Tensor, sites: Iterable[t
     out = {}
     for name in names:
         acts = store[name]
-        glob = _masked_mean(acts, mask)
+        glob = masked_mean(acts, mask)
         if ablation.method == "corrupted":
             if ablation.reference is not None and ablation.reference is not ps:
                 raise ValueError("corrupted ablation takes each prompt's own corrupted pair; drop reference=")
@@ -157,14 +157,14 @@ def ablation_values(model: Any, ps: PromptSet, tokens: Tensor, sites: Iterable[t
         elif not ablation.per_position:
             val = glob.expand(b, n_pos, *glob.shape).clone()
         elif groups is None:
-            val = _positional_mean(acts, mask, n_pos, glob)[None].expand(b, n_pos, *glob.shape).clone()
+            val = positional_mean(acts, mask, n_pos, glob)[None].expand(b, n_pos, *glob.shape).clone()
         else:
             cache: dict[tuple, Tensor] = {}
             rows_out = []
             for rows in groups:
                 key = tuple(rows.tolist())
                 if key not in cache:
-                    cache[key] = _positional_mean(acts[rows], mask[rows], n_pos, glob)
+                    cache[key] = positional_mean(acts[rows], mask[rows], n_pos, glob)
                 rows_out.append(cache[key])
             val = torch.stack(rows_out)
         out[name] = val

@@ -24,13 +24,7 @@ from torch import Tensor
 
 from circuits import metrics
 from circuits.engines.ablation import Ablation, ablation_values
-from circuits.engines.common import (
-    Metric,
-    evaluate_metric,
-    model_settings,
-    prepare_prompts,
-    resolve_metric,
-)
+from circuits.engines.common import EngineRun, Metric, model_settings
 from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.sites import SITES, hook_name
 from circuits.prompts import PromptSet
@@ -89,8 +83,8 @@ def all_for_one(model: Any, ps: PromptSet, *, reference: PromptSet | None = None
     """
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
-    fn, metric_name = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
+    run_ = EngineRun(model, ps, metric, full_vocabulary=True)  # accuracy reads every logit
+    ps, metric_name = run_.ps, run_.metric.name
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     site = SITES["resid_pre"]
     cama = ablation_values(model, ps, ps.clean, [(site, layer) for layer in range(n_layers)],
@@ -102,7 +96,7 @@ def all_for_one(model: Any, ps: PromptSet, *, reference: PromptSet | None = None
         logits = run_variants(model, ps.clean, end, edits, memory_budget, schedules=[s for _, s in variants],
                               ps=ps, bos=bos)
         return (torch.stack([_acc(lg, ps).mean() for lg in logits]),
-                torch.stack([evaluate_metric(fn, lg, ps).mean() for lg in logits]))
+                torch.stack([run_.evaluate(lg).mean() for lg in logits]))
 
     # stage 1: CAMA at each depth
     acc1, m1 = run([(None, {})] + [(w, {}) for w in range(n_layers)])
@@ -153,11 +147,11 @@ def knockout_curve(model: Any, ps: PromptSet, *, bos: bool = True, metric: str |
 
     Returns per layer {"layer", "accuracy", "metric"} (layer -1: no knockout).
     """
-    fn, _ = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
+    run_ = EngineRun(model, ps, metric, full_vocabulary=True)  # accuracy reads every logit
+    ps = run_.ps
     n_layers = int(model.cfg.n_layers)
     scheds = [{}] + [{layer: "knockout"} for layer in range(n_layers)]
     logits = run_variants(model, ps.clean, ps.positions["END"], [[] for _ in scheds], memory_budget,
                           schedules=scheds, ps=ps, bos=bos)
-    return [{"layer": i - 1, "accuracy": float(_acc(lg, ps).mean()), "metric": float(evaluate_metric(fn, lg, ps).mean())}
+    return [{"layer": i - 1, "accuracy": float(_acc(lg, ps).mean()), "metric": float(run_.evaluate(lg).mean())}
             for i, lg in enumerate(logits)]

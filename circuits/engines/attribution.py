@@ -33,12 +33,10 @@ from torch import Tensor
 
 from circuits.engines import forward
 from circuits.engines.common import (
+    EngineRun,
     Metric,
-    answer_vocab,
     evaluate_metric,
     model_settings,
-    prepare_prompts,
-    resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.engines.sites import hook_at
@@ -173,14 +171,13 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    fn, metric_name = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
-    ps_m, vocab = answer_vocab(ps, metric_name)
+    run = EngineRun(model, ps, metric)
+    ps, fn, metric_name, ps_m = run.ps, run.metric.fn, run.metric.name, run.scored
     graph = edge_graph(model)
     n_layers = graph.n_layers
     end = ps.positions["END"]
     names = writer_hooks(n_layers)
-    with forward.restricted_vocab(vocab), torch.no_grad():
+    with run, torch.no_grad():
         _, clean = forward.run_with_store(model, ps.clean, end, names)
         _, corr = forward.run_with_store(model, ps.corrupted, end, names)
     with torch.no_grad():
@@ -201,7 +198,7 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
     for p in params:
         p.requires_grad_(False)
     try:
-        with forward.restricted_vocab(vocab):
+        with run:
             for k in range(1, n_points + 1):
                 a = k / n_points
                 ov = None
@@ -249,20 +246,19 @@ def attribute_edges(model: Any, ps: PromptSet, *, method: str = "eap", steps: in
 
 def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_diff") -> dict[str, Scores]:
     """Attribution patching of nodes: (clean - corrupted) . dM/d(output), for heads [layer, head] and MLPs [layer]."""
-    fn, metric_name = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
-    ps_m, vocab = answer_vocab(ps, metric_name)
+    run = EngineRun(model, ps, metric)
+    ps, fn, metric_name, ps_m = run.ps, run.metric.fn, run.metric.name, run.scored
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     end = ps.positions["END"]
     names = writer_hooks(n_layers)
-    with forward.restricted_vocab(vocab), torch.no_grad():
+    with run, torch.no_grad():
         _, clean = forward.run_with_store(model, ps.clean, end, names)
         _, corr = forward.run_with_store(model, ps.corrupted, end, names)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        with forward.restricted_vocab(vocab):
+        with run:
             g = _gradient_pass(model, ps.clean, end, fn, ps_m)
     finally:
         for p in params:

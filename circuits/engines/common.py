@@ -1,4 +1,5 @@
-"""Small pieces the engines share: metrics, base/source runs, position specs."""
+"""What the engines share: the run preamble (metric, prompts, vocabulary), checks of their inputs,
+base/source runs and position specs."""
 
 from __future__ import annotations
 
@@ -7,36 +8,67 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from circuits import metrics
+from circuits.metrics import MetricSpec
 from circuits.prompts import PromptSet
 
 Metric = Callable[[Tensor, PromptSet], Tensor]  # (END logits [b, vocab], prompts) -> [b]
 DIRECTIONS = ("denoise", "noise")
 
 
-# metrics that read only the answer and wrong-answer logits: engines unembed just those tokens
-ANSWER_ONLY = ("logit_diff",)
-
-
-def answer_vocab(ps: PromptSet, metric_name: str) -> tuple[PromptSet, Tensor | None]:
-    """(prompts with answer ids remapped into the restricted vocabulary, that vocabulary) or (ps, None)."""
-    if metric_name not in ANSWER_ONLY:
+def answer_vocab(ps: PromptSet, metric: MetricSpec) -> tuple[PromptSet, Tensor | None]:
+    """(prompts with answer ids remapped into the restricted vocabulary, that vocabulary) when the
+    metric reads only the answer tokens; else (ps, None)."""
+    if not metric.answers_only:
         return ps, None
     ids, inv = torch.unique(torch.cat([ps.answers, ps.wrong_answers]), return_inverse=True)
     b = len(ps)
     return replace(ps, answers=inv[:b], wrong_answers=inv[b:], answer_candidates=None, answer_mask=None), ids
 
 
-def resolve_metric(metric: str | Metric) -> tuple[Metric, str]:
-    """(per-prompt metric, its name). Names: logit_diff, answer_prob, accuracy, candidate_prob_diff."""
-    if callable(metric):
-        return metric, getattr(metric, "__name__", "custom")
-    fn = metrics.get_metric(metric)
-    if metric == "kl_divergence":
-        raise ValueError("kl_divergence needs reference logits; pass a callable metric instead")
-    return (lambda logits, ps: fn(logits, ps, reduce="none")), metric
+def resolve_metric(metric: str | MetricSpec | Metric) -> MetricSpec:
+    """The metric as a MetricSpec (see ``circuits.metrics.metric_spec``)."""
+    return metrics.metric_spec(metric)
+
+
+class EngineRun:
+    """What every engine does first, written once.
+
+    The metric is resolved, the prompts are checked against the model (vocabulary,
+    context, tokenizer) and moved to its device, and, when the metric reads only the
+    answer tokens, those are remapped so that engines unembed just them. Use it as a
+    context manager: inside, ``forward.unembed`` returns the restricted columns.
+
+        with EngineRun(model, ps, metric) as run:
+            logits = ...                      # END logits under some intervention
+            values = run.evaluate(logits)     # [b]
+    """
+
+    def __init__(self, model: Any, ps: PromptSet, metric: str | MetricSpec | Metric,
+                 full_vocabulary: bool = False):
+        """``full_vocabulary``: keep every logit even for an answers-only metric (callers that return logits)."""
+        self.model = model
+        self.metric = resolve_metric(metric)
+        self.ps = prepare_prompts(model, ps)
+        self.scored, self.vocab = (self.ps, None) if full_vocabulary else answer_vocab(self.ps, self.metric)
+        self._vocab_scope: Any = None
+
+    def evaluate(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+        """The metric per prompt [b] of END logits taken inside this run."""
+        return evaluate_metric(self.metric.fn, logits, self.scored)
+
+    def __enter__(self) -> EngineRun:
+        from circuits.engines.forward import restricted_vocab
+
+        self._vocab_scope = restricted_vocab(self.vocab)
+        self._vocab_scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._vocab_scope.__exit__(*exc)
 
 
 def evaluate_metric(metric: Metric, logits: Tensor, ps: PromptSet) -> Tensor:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from circuits.engines.common import prepare_prompts
 from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.metrics import kl_rows
 from circuits.names import Node, parse_edge, parse_reader
 from circuits.prompts import PromptSet
 
@@ -138,12 +139,6 @@ class EdgeCircuit:
                 "log": self.log}
 
 
-def _kl(logits: Tensor, ref: Tensor) -> Tensor:
-    """KL(ref || logits) per row, in nats."""
-    lp, lq = torch.log_softmax(ref.float(), -1), torch.log_softmax(logits.float(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
-
-
 def check_tau(tau: Any) -> float:
     """ACDC's threshold: a finite number >= 0, else a clear error (a negative or NaN tau removes nothing)."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
@@ -177,7 +172,7 @@ def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candid
         lg = evaluate_edge_circuits(model, ps, [m], ablation=ablation, reference=reference, return_logits=True,
                                     memory_budget=memory_budget)[0]
         if objective == "kl":
-            return float(_kl(lg, clean_logits).mean())
+            return float(kl_rows(lg, clean_logits).mean())
         return float(logit_diff(lg, ps.to("cpu")).mean())
 
     clean_logits = evaluate_edge_circuits(model, ps, [graph.mask], ablation=ablation, reference=reference,

@@ -24,13 +24,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.engines import forward
+from circuits.engines.ablation import masked_mean, positional_mean
 from circuits.engines.common import (
+    EngineRun,
     Metric,
-    answer_vocab,
     check_fits,
-    evaluate_metric,
-    prepare_prompts,
-    resolve_metric,
 )
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.engines.sites import hook_at
@@ -57,14 +55,9 @@ def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: Prompt
     ref = (reference or ps).to(ps.clean.device)
     _, store = forward.run_with_store(model, ref.clean, ref.positions["END"], names)
     acts = writer_outputs(model, store)  # [n_ref, P_ref, W, d]
-    mask = ref.attention_mask[:, :, None, None].to(acts.dtype)
-    glob = (acts * mask).sum((0, 1)) / mask.sum((0, 1)).clamp_min(1)
-    pos_mean = (acts * mask).sum(0) / mask.sum(0).clamp_min(1)
-    pos_mean = torch.where(mask.sum(0) > 0, pos_mean, glob)
-    n_pos = ps.clean.shape[1]
-    if pos_mean.shape[0] < n_pos:
-        pos_mean = torch.cat([pos_mean, glob.expand(n_pos - pos_mean.shape[0], *glob.shape)])
-    return pos_mean[:n_pos][None].expand(len(ps), *pos_mean[:n_pos].shape)
+    mask = ref.attention_mask
+    pos_mean = positional_mean(acts, mask, ps.clean.shape[1], masked_mean(acts, mask))  # [P, W, d]
+    return pos_mean[None].expand(len(ps), *pos_mean.shape)
 
 
 def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
@@ -163,28 +156,26 @@ def evaluate_edge_circuits(model: Any, ps: PromptSet, circuits: Sequence[Tensor]
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"edge ablation must be one of {ABLATIONS}, got {ablation!r}")
-    fn, metric_name = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
     graph = edge_graph(model)
     for i, c in enumerate(circuits):
         if tuple(c.shape) != tuple(graph.mask.shape):
             raise ValueError(f"circuit {i} has shape {tuple(c.shape)}; the edge graph is {tuple(graph.mask.shape)}")
-    _check_reader_inputs(model, graph, ps)
-    ablated = _ablated_writers(model, ps, ablation, reference)
-    ps_m, vocab = answer_vocab(ps, "none" if return_logits else metric_name)
-    b, p = ps.clean.shape
-    d = int(model.cfg.d_model)
-    budget = forward.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    row_bytes = budget // forward.rows_per_forward(model, p, budget) + 3 * 4 * len(graph.writers) * d * p
-    per = max(1, budget // (b * row_bytes))
-    out = []
-    groups = list(forward.chunks(list(circuits), per))
-    with forward.restricted_vocab(vocab):
+    with EngineRun(model, ps, metric, full_vocabulary=return_logits) as run:
+        ps = run.ps
+        _check_reader_inputs(model, graph, ps)
+        ablated = _ablated_writers(model, ps, ablation, reference)
+        b, p = ps.clean.shape
+        d = int(model.cfg.d_model)
+        budget = forward.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        row_bytes = budget // forward.rows_per_forward(model, p, budget) + 3 * 4 * len(graph.writers) * d * p
+        per = max(1, budget // (b * row_bytes))
+        out = []
+        groups = list(forward.chunks(list(circuits), per))
         for chunk in tqdm(groups, desc="edge circuits", disable=not progress or len(groups) < 2, leave=False):
             n = len(chunk)
             masks = torch.stack([c.to(ablated.device).bool() & graph.mask.to(ablated.device) for c in chunk])
             hooks = _edge_hooks(model, graph, masks, ablated, n, b)
             logits = forward.end_logits(model, forward.tile(ps.clean, n), forward.tile(ps.positions["END"], n), hooks)
             logits = logits.reshape(n, b, -1)
-            out.append(logits if return_logits else torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits]))
+            out.append(logits if return_logits else torch.stack([run.evaluate(lg) for lg in logits]))
     return torch.cat(out).cpu()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuits.engines.sites import n_kv_heads
 from circuits.names import Node, Reader, edge_name, level, parse_node, parse_reader
 
 
@@ -88,7 +89,7 @@ def edge_graph(model: Any) -> EdgeGraph:
     """The full edge graph of a TransformerBridge (or anything with the same cfg fields)."""
     cfg = model.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
-    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    n_kv = n_kv_heads(model)
     parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
     writers = ["input"]
     readers: list[str] = []

@@ -23,15 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.engines import forward
 from circuits.engines.ablation import Ablation, ablation_values, edits_for, placement
 from circuits.engines.common import (
+    EngineRun,
     Metric,
-    answer_vocab,
     as_list,
-    evaluate_metric,
     model_settings,
-    prepare_prompts,
     resolve_metric,
 )
 from circuits.engines.interventions import run_variants
@@ -77,20 +74,18 @@ def evaluate_ablated(model: Any, ps: PromptSet, variants: Sequence[Sequence[Plac
                      tokens: str = "clean", memory_budget: int | None = None, progress: bool = False) -> Tensor:
     """Per-prompt metric [n_variants, b] of each ablation variant (one list of (node, where) per variant)."""
     ablation = ablation or Ablation()
-    fn, metric_name = resolve_metric(metric)
     if tokens not in ("clean", "corrupted"):
         raise ValueError(f"tokens must be 'clean' or 'corrupted', got {tokens!r}")
     variants = [[(check_nodes(model, [parse_node(n)])[0], where) for n, where in as_list(v, f"variant {i}")]
                 for i, v in enumerate(as_list(variants, "variants"))]
-    ps = prepare_prompts(model, ps)
-    run = ps.clean if tokens == "clean" else ps.corrupted
-    sites = {(site_of(n), n.layer) for v in variants for n, _ in v}
-    values = ablation_values(model, ps, run, sites, ablation) if sites else {}
-    edit_lists = [edits_for(v, values, ps) for v in variants]
-    ps_m, vocab = answer_vocab(ps, metric_name)
-    with forward.restricted_vocab(vocab):
-        logits = run_variants(model, run, ps.positions["END"], edit_lists, memory_budget, progress and "ablations")
-    return torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits]).cpu()
+    with EngineRun(model, ps, metric) as run:
+        ps = run.ps
+        toks = ps.clean if tokens == "clean" else ps.corrupted
+        sites = {(site_of(n), n.layer) for v in variants for n, _ in v}
+        values = ablation_values(model, ps, toks, sites, ablation) if sites else {}
+        edit_lists = [edits_for(v, values, ps) for v in variants]
+        logits = run_variants(model, toks, ps.positions["END"], edit_lists, memory_budget, progress and "ablations")
+        return torch.stack([run.evaluate(lg) for lg in logits]).cpu()
 
 
 @dataclass
@@ -145,7 +140,7 @@ def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe:
     check_difference(full.mean(), empty.mean(), f"F(model) minus F(empty circuit) ({float(full.mean()):.4g} - "
                                                 f"{float(empty.mean()):.4g}: ablating the whole universe changes "
                                                 "nothing)")
-    _, metric_name = resolve_metric(metric)
+    metric_name = resolve_metric(metric).name
     return Faithfulness(
         float(full.mean()), float(c.mean()), float(empty.mean()), float(comp.mean()),
         float((c - empty).mean() / den), float((comp - empty).mean() / den),

@@ -45,7 +45,7 @@ def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablatio
     """Faithfulness at each edge fraction plus CPR / CMD (see the module docstring)."""
     if selection not in ("topn", "greedy"):
         raise ValueError(f"selection must be 'topn' or 'greedy', got {selection!r}")
-    _, metric_name = resolve_metric(metric)
+    metric_name = resolve_metric(metric).name
     graph = scores.graph
     pick = select_topn if selection == "topn" else select_greedy
     masks = [pick(graph, scores.scores, int(p * graph.n_edges), absolute=absolute) for p in percentages]

@@ -20,15 +20,12 @@ from torch import Tensor
 
 from circuits.engines import forward
 from circuits.engines.common import (
+    EngineRun,
     Metric,
-    answer_vocab,
     as_list,
     base_and_source,
-    evaluate_metric,
     model_settings,
     position_specs,
-    prepare_prompts,
-    resolve_metric,
 )
 from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.replay import BlockReplay
@@ -68,10 +65,8 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
         per-prompt values [..., batch], and the clean/corrupted baselines.
     """
     s = get_site(site)
-    fn, metric_name = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
-    ps_m, vocab = answer_vocab(ps, metric_name)
-    with forward.restricted_vocab(vocab):
+    with EngineRun(model, ps, metric) as run:
+        ps, metric_name = run.ps, run.metric.name
         layers = [check_layer(model, x) for x in (range(model.cfg.n_layers) if layers is None
                                                    else as_list(layers, "layers"))]
         head_ids: list[int | None] = [None]
@@ -101,7 +96,7 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
         skip = shared_prefix(base, source, end)
         logits = run_variants(model, base, end, variants, memory_budget, progress and f"patch {site}",
                               replay=replay, skip=skip)
-        per = torch.stack([evaluate_metric(fn, lg, ps_m) for lg in logits])  # [cells, b]
+        per = torch.stack([run.evaluate(lg) for lg in logits])  # [cells, b]
 
         axes = ["layer"] + (["pos"] if positions is not None else []) + (["head"] if s.head_dim is not None else [])
         shape = [len(layers)] + ([len(pos_specs)] if positions is not None else []) + (
@@ -113,8 +108,8 @@ def activation_patching(model: Any, ps: PromptSet, site: str = "z", *, metric: s
         if s.head_dim is not None:
             labels["head"] = [str(h) for h in head_ids]
         return Scores(per.mean(-1), tuple(axes), per, labels,
-                      {"clean": float(evaluate_metric(fn, clean_logits, ps_m).mean()),
-                       "corrupted": float(evaluate_metric(fn, corrupted_logits, ps_m).mean())},
+                      {"clean": float(run.evaluate(clean_logits).mean()),
+                       "corrupted": float(run.evaluate(corrupted_logits).mean())},
                       {"engine": "activation_patching", "site": site, "direction": direction, "metric": metric_name,
                        "positions": positions if positions is None or isinstance(positions, str) else list(positions),
                        **model_settings(model), "n_prompts": len(ps), "provenance": ps.provenance,

@@ -32,13 +32,10 @@ from tqdm.auto import tqdm
 
 from circuits.engines import fastpaths, forward
 from circuits.engines.common import (
+    EngineRun,
     Metric,
-    answer_vocab,
     as_list,
-    evaluate_metric,
     model_settings,
-    prepare_prompts,
-    resolve_metric,
 )
 from circuits.engines.nodes import Node, all_heads, check_nodes, parse_node
 from circuits.engines.path_shortcuts import DirectPaths, one_layer_store_names
@@ -91,10 +88,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         Scores over (layer, head) with per-prompt values and baselines
         (``baseline["base"]`` is the unpatched run the effects are measured from).
     """
-    fn, metric_name = resolve_metric(metric)
-    ps = prepare_prompts(model, ps)
-    ps_m, vocab = answer_vocab(ps, metric_name)
-    with forward.restricted_vocab(vocab):
+    with EngineRun(model, ps, metric) as run:
+        ps, metric_name = run.ps, run.metric.name
         if direction not in ("noise", "denoise"):
             raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
         recv = [parse_receiver(r) for r in as_list(receivers, "receivers")]
@@ -137,7 +132,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         replay = BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
         base_logits, base_store = replay.base_logits, replay.store
         src_logits, src_store = forward.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
-        base_vals = evaluate_metric(fn, base_logits, ps_m)
+        base_vals = run.evaluate(base_logits)
         s_pos = None if sender_position is None else ps.positions[sender_position].long()
         r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
         group = int(model.cfg.n_heads) // n_kv_heads(model)
@@ -169,7 +164,7 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                                  r_pos, one_layer)
             for chunk, logits in direct.logits(list(forward.chunks(scored, per_chunk)), progress):
                 for t, snd_t in enumerate(chunk):
-                    per[snd_t.layer, snd_t.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
+                    per[snd_t.layer, snd_t.head] = run.evaluate(logits[t]).cpu()
             one_layer, groups = direct.one_layer, []
         for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
             n = len(chunk)
@@ -226,13 +221,13 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                     d_hooks.append((name, set_recv))
                 logits = replay.end_logits_from(inputs[0][0], n, d_hooks).reshape(n, b, -1)
             for t, s in enumerate(chunk):
-                per[s.layer, s.head] = evaluate_metric(fn, logits[t], ps_m).cpu()
+                per[s.layer, s.head] = run.evaluate(logits[t]).cpu()
 
         clean_logits, corrupted_logits = (base_logits, src_logits) if direction == "noise" else (src_logits, base_logits)
         return Scores(per.mean(-1), ("layer", "head"), per,
                       {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(model.cfg.n_heads)]},
-                      {"clean": float(evaluate_metric(fn, clean_logits, ps_m).mean()),
-                       "corrupted": float(evaluate_metric(fn, corrupted_logits, ps_m).mean()),
+                      {"clean": float(run.evaluate(clean_logits).mean()),
+                       "corrupted": float(run.evaluate(corrupted_logits).mean()),
                        "base": float(base_vals.mean())},
                       {"engine": "path_patching", "receivers": [r if r == "logits" else Reader("head", *r).name
                                                                 for r in recv],

@@ -30,7 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuits.models import n_kv_heads
 from circuits.names import Node
+
+__all__ = ["Site", "SITES", "get_site", "hook_at", "hook_name", "site_of", "n_kv_heads", "n_heads_at",
+           "check_layer", "check_head", "block_prefix", "write", "as_index"]
 
 
 @dataclass(frozen=True)
@@ -89,11 +93,6 @@ def hook_name(site: Site, layer: int | None = None) -> str:
     if layer is None and "{layer}" in site.hook:
         raise ValueError(f"site {site.name!r} needs a layer")
     return site.hook.format(layer=layer)
-
-
-def n_kv_heads(model: Any) -> int:
-    kv = getattr(model.cfg, "n_key_value_heads", None)
-    return int(kv) if kv else int(model.cfg.n_heads)
 
 
 def n_heads_at(model: Any, site: Site) -> int:
