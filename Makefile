@@ -73,10 +73,10 @@ format: setup
 	$(BIN)/ruff format circuits analyses tests benchmarks
 
 ioi: setup
-	$(BIN)/circuits ioi --model $(MODEL) --n $(N) --seed $(SEED)
+	$(BIN)/python -m analyses.ioi --model $(MODEL) --n $(N) --seed $(SEED)
 
 discover: setup
-	$(BIN)/circuits discover --task $(TASK) --model $(MODEL) --seed $(SEED)
+	$(BIN)/python -m analyses.discover --task $(TASK) --model $(MODEL) --seed $(SEED)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

@@ -1,8 +1,10 @@
-"""What every analysis script shares: result folder names and the versions that made a result."""
+"""What every analysis script shares: result folder names and the run wrapper (checks, a folder
+written as a unit, one-line errors)."""
 
 from __future__ import annotations
 
-import platform
+import sys
+from collections.abc import Callable
 
 
 def safe_name(spec: str) -> str:
@@ -10,9 +12,25 @@ def safe_name(spec: str) -> str:
     return spec.replace(":", "_").replace("/", "_").replace("@", "_")
 
 
-def versions() -> dict[str, str]:
-    import torch
+def run_analysis(analyse: Callable[[str], str], folder: str, *, n: int, seed: int) -> int:
+    """Run ``analyse(staging_folder) -> summary`` and publish ``folder`` as a unit; exit code.
 
-    import circuits
+    ``n`` and ``seed`` are checked and the output place is created before anything is
+    loaded or computed; a run that fails leaves the previous results whole; every error
+    is one line on stderr (``circuits.cli.one_line_errors``).
+    """
+    from circuits.cli import one_line_errors
+    from circuits.io import run_folder
+    from circuits.tasks.templates import check_n, check_seed
 
-    return {"circuits": circuits.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    def go() -> int:
+        check_n(n)
+        check_seed(seed)
+        with run_folder(folder) as stage:
+            text = analyse(str(stage))
+        print(text)
+        print(f"wrote {folder}")
+        sys.stdout.flush()
+        return 0
+
+    return one_line_errors(go)

@@ -1,165 +1,290 @@
-"""Circuit discovery on a task (`make discover TASK=ioi MODEL=...`).
+"""Circuit discovery on a task: ``python -m analyses.discover`` (``make discover TASK=ioi MODEL=...``).
 
-1. edge scores with EAP, EAP-IG (inputs) and EAP-IG (activations);
-2. ACDC (KL objective) on the edges EAP-IG pre-selects;
-3. MIB evaluation of each method: faithfulness at 0.1 .. 100% of the edges,
+Steps, each a function that returns data (a notebook can run them cell by cell):
+
+1. :func:`prompts` - the task's prompts (a zoo model's own task options, read from its recipe.json);
+2. :func:`attribute` - edge scores with EAP, EAP-IG (inputs) and EAP-IG (activations);
+3. :func:`run_acdc` - ACDC (KL objective) on the edges EAP-IG pre-selects;
+4. :func:`curves` - MIB evaluation of each method: faithfulness at 0.1 .. 100% of the edges,
    CPR and CMD (ablation by the corrupted input);
-4. the EAP-IG circuit: the smallest MIB fraction whose faithfulness reaches 0.8
-   (else the most faithful one); it and the ACDC circuit come with their edge
-   Jaccard over bootstrap resamples of the prompts;
-5. the agreement report: EAP-IG against exact patching, node and edge level.
+5. :func:`pick_circuit` - the EAP-IG circuit: the smallest MIB fraction whose faithfulness
+   reaches 0.8 (else the most faithful one); :func:`stability` - it and the ACDC circuit
+   with their edge Jaccard over bootstrap resamples of the prompts;
+6. the agreement report (``circuits.engines.agreement``): EAP-IG against exact patching;
+7. :func:`figures` - the MIB curves and the EAP-IG circuit.
 
-Writes results/discover/<task>/<model>/: discover.json, eap_ig_circuit.json,
-curves.pdf/png, circuit.pdf/png; prints a summary table.
+:func:`main` writes results/discover/<task>/<model>/ (discover.json, eap_ig_circuit.json,
+curves and circuit figures, as a unit) and prints a summary table.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from analyses.common import safe_name, versions
+from analyses.common import run_analysis, safe_name
+
+METHODS = (("EAP", "eap"), ("EAP-IG-inputs", "eap-ig-inputs"), ("EAP-IG-activations", "eap-ig-activations"))
 
 
-def main(task: str = "ioi", model: str = "zoo:toyworld", n: int = 32, seed: int = 0, device: str | None = None,
-         out: str = "results", steps: int = 5, tau: float = 0.02, n_boot: int = 3) -> int:
-    """Run the analysis; results/discover/<task>/<model>/ is replaced as a unit when the run succeeds."""
+def prompts(model: Any, spec: str, task: str, n: int, seed: int) -> tuple[Any, str, dict[str, Any]]:
+    """(PromptSet, metric name, task options): a zoo model's prompts use the task options its recipe
+    records and held-out combinations (split "test"); the metric is the candidate probability
+    difference for tasks with answer sets, else the logit difference."""
+    from circuits.tasks import build_task
+    from circuits.zoo import task_options
+
+    split = "test" if spec.startswith("zoo:") else "all"
+    options = dict(task_options(spec).get(task, {}))
+    ps = build_task(task, model.tokenizer, n=n, seed=seed, split=split, **options).to(model.cfg.device)
+    return ps, ("candidate_prob_diff" if ps.answer_candidates is not None else "logit_diff"), options
+
+
+def attribute(model: Any, ps: Any, steps: int, metric: str, timings: dict[str, float]) -> dict[str, Any]:
+    """{method label: EdgeScores} for EAP (1 step) and both EAP-IG variants (``steps``)."""
+    from circuits.engines.attribution import attribute_edges
+
+    scores = {}
+    for name, method in METHODS:
+        t = time.time()
+        scores[name] = attribute_edges(model, ps, method=method, steps=1 if method == "eap" else steps, metric=metric)
+        timings[name] = round(time.time() - t, 2)
+        print(f"[discover] {name}: {timings[name]} s", flush=True)
+    return scores
+
+
+def candidates(ig: Any) -> Any:
+    """ACDC's search space: the top tenth of the edges by |EAP-IG score| (at least 10)."""
+    from circuits.engines.discovery import select_topn
+
+    return select_topn(ig.graph, ig.scores, max(10, ig.graph.n_edges // 10), do_prune=False)
+
+
+def run_acdc(model: Any, ps: Any, ig: Any, tau: float, progress: bool = True) -> tuple[Any, Any]:
+    """(ACDC's EdgeCircuit on the EAP-IG candidates, EdgeScores ranking its kept edges first and the
+    removed ones by the change their removal made)."""
+    from circuits.engines.attribution import EdgeScores
+    from circuits.engines.discovery import acdc
+
+    graph = ig.graph
+    ac = acdc(model, ps, tau, candidates=candidates(ig), progress=progress)
+    ranking = torch.zeros_like(ig.scores)
+    for rec in ac.log:
+        ranking[graph.index(*graph_edge(rec["edge"]))] = abs(rec["after"] - rec["before"])
+    for e in ac.edges:  # kept edges rank above every removed one
+        ranking[graph.index(*graph_edge(e))] += 1e3
+    return ac, EdgeScores(graph, ranking, None, {"method": "acdc", "tau": tau})
+
+
+def graph_edge(name: str) -> tuple[str, str]:
+    """(writer, reader) names of an edge name."""
+    from circuits.names import parse_edge
+
+    w, r = parse_edge(name)
+    return w.name, r.name
+
+
+def curves(model: Any, ps: Any, scores: dict[str, Any], metric: str, timings: dict[str, float]) -> dict[str, Any]:
+    """{method label: FaithfulnessCurve} (MIB, ablation by the corrupted input)."""
+    from circuits.engines.mib import faithfulness_curve
+
+    out = {}
+    for name, sc in scores.items():
+        t = time.time()
+        out[name] = faithfulness_curve(model, ps, sc, metric=metric)
+        timings[f"curve {name}"] = round(time.time() - t, 2)
+    return out
+
+
+def pick_circuit(ig: Any, curve: Any, **settings: Any) -> Any:
+    """The EAP-IG circuit: the smallest curve fraction with f >= 0.8, else the most faithful one."""
+    from circuits.engines.discovery import EdgeCircuit, select_topn
+
+    f = curve.faithfulness
+    good = [i for i, x in enumerate(f) if x >= 0.8]
+    i = good[0] if good else max(range(len(f)), key=lambda j: f[j])
+    n_top = curve.n_edges_requested[i]
+    return EdgeCircuit.from_mask(ig.graph, select_topn(ig.graph, ig.scores, n_top), method="eap-ig-inputs",
+                                 n_top=n_top, fraction=curve.percentages[i], faithfulness=f[i], **settings)
+
+
+def stability(model: Any, ps: Any, ig: Any, circuit: Any, steps: int, metric: str, tau: float, n_boot: int,
+              seed: int) -> dict[str, Any]:
+    """{"eap_ig": Stability of the EAP-IG top-n circuit, "acdc": Stability of ACDC} over bootstrap
+    resamples of the prompts (ACDC: at most 2 resamples, it is the slow one)."""
+    from circuits.engines.attribution import attribute_edges
+    from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
+
+    graph, n_top, cand = ig.graph, circuit.settings["n_top"], candidates(ig)
+    ig_stab = bootstrap_stability(ps, lambda p: select_topn(graph, attribute_edges(
+        model, p, method="eap-ig-inputs", steps=steps, metric=metric).scores, n_top), n_boot=n_boot, seed=seed)
+    acdc_stab = bootstrap_stability(ps, lambda p: acdc(model, p, tau, candidates=cand, progress=False).mask(graph),
+                                    n_boot=min(n_boot, 2), seed=seed)
+    return {"eap_ig": ig_stab, "acdc": acdc_stab}
+
+
+def figures(curve_set: dict[str, Any], ig: Any, circuit: Any, title: str) -> dict[str, Any]:
+    """{"curves": the MIB curves, "circuit": the EAP-IG circuit with its edge scores}."""
+    from circuits.figures import circuit_figure, faithfulness_curves
+
+    graph = ig.graph
+    weighted = [(w, r, float(ig.scores[graph.index(w, r)])) for w, r in map(graph_edge, circuit.edges)]
+    return {"curves": faithfulness_curves({k: c.to_dict() for k, c in curve_set.items()},
+                                          title=f"MIB faithfulness, {title}"),
+            "circuit": circuit_figure({}, weighted, graph.n_layers, title=f"EAP-IG circuit ({len(circuit.edges)} "
+                                      f"edges, f = {circuit.settings['faithfulness']:.2f})")}
+
+
+@dataclass
+class DiscoverResult:
+    """Everything :func:`run` found, and the figures drawn from it."""
+
+    model: Any
+    spec: str
+    task: str
+    n: int
+    seed: int
+    ps: Any
+    metric: str
+    options: dict[str, Any]
+    steps: int
+    tau: float
+    scores: dict[str, Any]
+    acdc: Any
+    curves: dict[str, Any]
+    circuit: Any
+    stability: dict[str, Any]
+    agreement: Any
+    figures: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def data(self) -> dict[str, Any]:
+        """The numbers, as plain data for the result file."""
+        graph = self.scores["EAP-IG-inputs"].graph
+        return {
+            "settings": {"split": self.ps.provenance["options"]["split"], "task_options": self.options,
+                         "metric": self.metric, "steps": self.steps, "acdc_tau": self.tau,
+                         "acdc_candidates": max(10, graph.n_edges // 10), "ablation": "corrupted"},
+            "prompts": self.ps.describe(),
+            "mib": {k: c.to_dict() for k, c in self.curves.items()},
+            "acdc": {**self.acdc.to_dict(), "stability": self.stability["acdc"].to_dict()},
+            "eap_ig_circuit": {**self.circuit.to_dict(), "stability": self.stability["eap_ig"].to_dict()},
+            "agreement": self.agreement.to_dict(),
+            "top_edges": {k: s.ranked()[:20] for k, s in self.scores.items() if k != "ACDC"},
+            "timings_s": self.timings, "seconds": round(self.seconds, 2),
+        }
+
+
+def run(spec: str = "zoo:toyworld", task: str = "ioi", n: int = 32, seed: int = 0, device: str | None = None,
+        steps: int = 5, tau: float = 0.02, n_boot: int = 3, progress: bool = True) -> DiscoverResult:
+    """Every step on ``spec``; ``tau`` (ACDC threshold, nats of KL) and ``steps`` are checked first."""
+    from circuits.engines.agreement import agreement_report
     from circuits.engines.discovery import check_tau
-    from circuits.io import run_folder
+    from circuits.models import load_model
     from circuits.tasks import get_task
-    from circuits.tasks.base import check_n, check_seed
 
-    get_task(task)  # clear errors for bad settings, before anything is loaded or computed
-    check_n(n)
-    check_seed(seed)
+    get_task(task)
     check_tau(tau)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps (EAP-IG integration steps) must be a positive integer, got {steps!r}")
-    final = os.path.join(out, "discover", task, safe_name(model))
-    with run_folder(final) as stage:  # fails here, before any compute, if ``out`` is not writable
-        _run(task, model, n, seed, device, str(stage), steps, tau, n_boot)
-    print(f"wrote {final}")
-    return 0
-
-
-def _run(task: str, model: str, n: int, seed: int, device: str | None, folder: str, steps: int, tau: float,
-         n_boot: int) -> None:
-    from circuits.engines import fastpaths
-    from circuits.engines.agreement import agreement_report
-    from circuits.engines.attribution import EdgeScores, attribute_edges
-    from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
-    from circuits.engines.mib import faithfulness_curve
-    from circuits.figures import circuit_figure, faithfulness_curves, save_figure
-    from circuits.io import atomic_write_json
-    from circuits.models import load_model, model_info
-    from circuits.tasks import build_task
-
     t0 = time.time()
-    m = load_model(model, device=device)
-    split = "test" if model.startswith("zoo:") else "all"
-    options: dict[str, Any] = {}
-    if model.startswith("zoo:toyworld"):
-        from circuits.zoo.toyworld import EVAL_TASKS
-
-        options = dict(EVAL_TASKS.get(task, {}))
-    ps = build_task(task, m.tokenizer, n=n, seed=seed, split=split, **options).to(m.cfg.device)
-    metric = "candidate_prob_diff" if ps.answer_candidates is not None else "logit_diff"
-
     timings: dict[str, float] = {}
-    scores: dict[str, EdgeScores] = {}
-    for name, method, k in (("EAP", "eap", 1), ("EAP-IG-inputs", "eap-ig-inputs", steps),
-                            ("EAP-IG-activations", "eap-ig-activations", steps)):
-        t = time.time()
-        scores[name] = attribute_edges(m, ps, method=method, steps=k, metric=metric)
-        timings[name] = round(time.time() - t, 2)
-        print(f"[discover] {name}: {timings[name]} s", flush=True)
+    model = load_model(spec, device=device)
+    ps, metric, options = prompts(model, spec, task, n, seed)
+    scores = attribute(model, ps, steps, metric, timings)
     ig = scores["EAP-IG-inputs"]
-    graph = ig.graph
-
     t = time.time()
-    n_cand = max(10, graph.n_edges // 10)
-    cand = select_topn(graph, ig.scores, n_cand, do_prune=False)
-    ac = acdc(m, ps, tau, candidates=cand, progress=True)
-    acdc_scores = torch.zeros_like(ig.scores)
-    for rec in ac.log:
-        w, r = graph.index(*rec["edge"].split("->"))
-        acdc_scores[w, r] = abs(rec["after"] - rec["before"])
-    for e in ac.edges:  # kept edges rank above every removed one
-        w, r = graph.index(*e.split("->"))
-        acdc_scores[w, r] += 1e3
-    scores["ACDC"] = EdgeScores(graph, acdc_scores, None, {"method": "acdc", "tau": tau})
+    ac, scores["ACDC"] = run_acdc(model, ps, ig, tau, progress)
     timings["ACDC"] = round(time.time() - t, 2)
     print(f"[discover] ACDC: {len(ac.edges)} edges, {timings['ACDC']} s", flush=True)
-
-    curves = {}
-    for name, sc in scores.items():
-        t = time.time()
-        curves[name] = faithfulness_curve(m, ps, sc, metric=metric)
-        timings[f"curve {name}"] = round(time.time() - t, 2)
-    figs = save_figure(faithfulness_curves(curves, title=f"MIB faithfulness, {task} on {model}"),
-                       os.path.join(folder, "curves"))
-
-    ig_curve = curves["EAP-IG-inputs"]
-    good = [i for i, f in enumerate(ig_curve["faithfulness"]) if f >= 0.8]
-    pick = good[0] if good else max(range(len(ig_curve["faithfulness"])), key=lambda i: ig_curve["faithfulness"][i])
-    n_top = ig_curve["n_edges_requested"][pick]
-    circuit_mask = select_topn(graph, ig.scores, n_top)
-    from circuits.engines.discovery import EdgeCircuit
-
-    circuit = EdgeCircuit.from_mask(graph, circuit_mask, method="eap-ig-inputs", steps=steps, n_top=n_top,
-                                    fraction=ig_curve["percentages"][pick],
-                                    faithfulness=ig_curve["faithfulness"][pick], task=task, model=model)
+    curve_set = curves(model, ps, scores, metric, timings)
+    circuit = pick_circuit(ig, curve_set["EAP-IG-inputs"], steps=steps, task=task, model=spec)
     t = time.time()
-    stability = bootstrap_stability(ps, lambda p: select_topn(graph, attribute_edges(
-        m, p, method="eap-ig-inputs", steps=steps, metric=metric).scores, n_top), n_boot=n_boot, seed=seed)
+    stab = stability(model, ps, ig, circuit, steps, metric, tau, n_boot, seed)
     timings["stability"] = round(time.time() - t, 2)
-    circuit.settings["stability"] = stability
-    weighted = [(graph.writers[w], graph.readers[r], float(ig.scores[w, r])) for w, r in circuit_mask.nonzero().tolist()]
-    figs += save_figure(circuit_figure({}, weighted, graph.n_layers, title=f"EAP-IG circuit ({len(circuit.edges)} "
-                                       f"edges, f = {circuit.settings['faithfulness']:.2f})"),
-                        os.path.join(folder, "circuit"))
     t = time.time()
-    acdc_stability = bootstrap_stability(ps, lambda p: acdc(m, p, tau, candidates=cand, progress=False).mask(graph),
-                                         n_boot=min(n_boot, 2), seed=seed)
-    ac.settings["stability"] = acdc_stability
-    timings["acdc stability"] = round(time.time() - t, 2)
-    t = time.time()
-    agreement = agreement_report(m, ps, method="eap-ig-inputs", steps=steps, metric=metric, strict=False)
+    agreement = agreement_report(model, ps, method="eap-ig-inputs", steps=steps, metric=metric, strict=False)
     timings["agreement"] = round(time.time() - t, 2)
+    figs = figures(curve_set, ig, circuit, f"{task} on {spec}")
+    return DiscoverResult(model, spec, task, n, seed, ps, metric, options, steps, tau, scores, ac, curve_set,
+                          circuit, stab, agreement, figs, timings, time.time() - t0)
 
-    atomic_write_json(os.path.join(folder, "eap_ig_circuit.json"), circuit.to_dict())
-    result = {
-        "analysis": "discover", "task": task, "model": model_info(m),
-        "settings": {"n": n, "seed": seed, "split": split, "task_options": options, "metric": metric,
-                     "steps": steps, "acdc_tau": tau, "acdc_candidates": n_cand, "ablation": "corrupted"},
-        "prompts": ps.describe(),
-        "mib": curves,
-        "acdc": ac.to_dict(), "eap_ig_circuit": circuit.to_dict(), "agreement": agreement,
-        "top_edges": {k: s.ranked()[:20] for k, s in scores.items() if k != "ACDC"},
-        "timings_s": timings, "figures": [os.path.relpath(f, folder) for f in figs],
-        "versions": versions(), "fast_paths": fastpaths.report(m),
-        "seconds": round(time.time() - t0, 2),
-    }
-    path = os.path.join(folder, "discover.json")
-    atomic_write_json(path, result)
 
-    print(f"\ncircuit discovery: {task} on {model} ({len(ps)} prompts, {graph.n_edges} edges)")
-    print(f"{'method':20s} {'CPR':>6s} {'CMD':>6s}  faithfulness at 0.1 .. 100% of edges")
-    for name, c in curves.items():
-        print(f"{name:20s} {c['cpr']:6.3f} {c['cmd']:6.3f}  " + " ".join(f"{f:5.2f}" for f in c["faithfulness"]))
-    print(f"\nEAP-IG circuit: {len(circuit.edges)} edges at {100 * circuit.settings['fraction']:.1f}% "
-          f"(f = {circuit.settings['faithfulness']:.3f}); bootstrap edge Jaccard {stability['mean']:.2f} "
-          f"(min {stability['min']:.2f}, {n_boot} resamples)")
-    print(f"ACDC (tau {tau}, KL): {len(ac.edges)} edges; bootstrap edge Jaccard {acdc_stability['mean']:.2f} "
-          f"({acdc_stability['n_boot']} resamples)")
-    a = agreement
-    print(f"agreement with exact patching: nodes pearson {a['node']['pearson']:.3f} spearman "
-          f"{a['node']['spearman']:.3f}; edges pearson {a['edge']['pearson']:.3f} spearman "
-          f"{a['edge']['spearman']:.3f} ({a['edge']['edges_compared']} edges)")
-    for level in ("node", "edge"):
-        if a[level]["sign_disagreements_top"]:
-            print(f"  WARNING: {level} sign disagreements on top components: {a[level]['sign_disagreements_top']}")
-    print(f"\n{os.path.basename(path)} in {time.time() - t0:.1f} s")
+def _number(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
+
+
+def summary(r: DiscoverResult) -> str:
+    """The printed summary: MIB curves, the circuits and their stability, the agreement report."""
+    graph = r.scores["EAP-IG-inputs"].graph
+    lines = [f"circuit discovery: {r.task} on {r.spec} ({len(r.ps)} prompts, {graph.n_edges} edges)",
+             f"{'method':20s} {'CPR':>6s} {'CMD':>6s}  faithfulness at 0.1 .. 100% of edges"]
+    for name, c in r.curves.items():
+        lines.append(f"{name:20s} {c.cpr:6.3f} {c.cmd:6.3f}  " + " ".join(f"{f:5.2f}" for f in c.faithfulness))
+    ig_stab, ac_stab, c = r.stability["eap_ig"], r.stability["acdc"], r.circuit
+    lines += ["", f"EAP-IG circuit: {len(c.edges)} edges at {100 * c.settings['fraction']:.1f}% "
+                  f"(f = {c.settings['faithfulness']:.3f}); bootstrap edge Jaccard {ig_stab.mean:.2f} "
+                  f"(min {ig_stab.min:.2f}, {ig_stab.n_boot} resamples)",
+              f"ACDC (tau {r.tau}, KL): {len(r.acdc.edges)} edges; bootstrap edge Jaccard {ac_stab.mean:.2f} "
+              f"({ac_stab.n_boot} resamples)"]
+    a = r.agreement
+    lines.append(f"agreement with exact patching: nodes pearson {_number(a.node.pearson)} spearman "
+                 f"{_number(a.node.spearman)}; edges pearson {_number(a.edge.pearson)} spearman "
+                 f"{_number(a.edge.spearman)} ({len(a.edge.names)} edges)")
+    for level in (a.node, a.edge):
+        if level.sign_disagreements_top:
+            kind = "node" if level is a.node else "edge"
+            lines.append(f"  WARNING: {kind} sign disagreements on top components: {level.sign_disagreements_top}")
+    return "\n".join(lines)
+
+
+def write(r: DiscoverResult, folder: str) -> list[str]:
+    """discover.json (with provenance), eap_ig_circuit.json and the figures into ``folder``."""
+    from circuits.engines import fastpaths
+    from circuits.figures import save_figure
+    from circuits.io import atomic_write_json
+    from circuits.models import model_info
+    from circuits.results import provenance, write_result
+
+    paths = []
+    for stem, fig in r.figures.items():
+        paths += save_figure(fig, os.path.join(folder, stem))
+    circuit_path = os.path.join(folder, "eap_ig_circuit.json")
+    atomic_write_json(circuit_path, {**r.circuit.to_dict(), "stability": r.stability["eap_ig"].to_dict()})
+    data = {**r.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
+    prov = provenance(model=model_info(r.model), task=r.task, seed=r.seed, n=r.n,
+                      fast_paths=fastpaths.report(r.model))
+    return [write_result(os.path.join(folder, "discover.json"), "discover", data, prov), circuit_path, *paths]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analyses.discover [--task T] [--model M] [--n N] [--seed S] [--steps K] [--tau X] ...``."""
+    ap = argparse.ArgumentParser(prog="python -m analyses.discover", description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="ioi")
+    ap.add_argument("--model", default="zoo:toyworld")
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=5, help="EAP-IG integration steps")
+    ap.add_argument("--tau", type=float, default=0.02, help="ACDC threshold (KL, nats)")
+    ap.add_argument("--n-boot", type=int, default=3, help="bootstrap resamples for circuit stability")
+    ap.add_argument("--device")
+    ap.add_argument("--out", default="results")
+    args = ap.parse_args(argv)
+
+    def analyse(folder: str) -> str:
+        r = run(args.model, args.task, args.n, args.seed, args.device, args.steps, args.tau, args.n_boot)
+        write(r, folder)
+        return summary(r) + f"\n\ndiscover.json in {r.seconds:.1f} s"
+
+    return run_analysis(analyse, os.path.join(args.out, "discover", args.task, safe_name(args.model)),
+                        n=args.n, seed=args.seed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

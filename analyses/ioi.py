@@ -1,36 +1,42 @@
-"""IOI analysis (Wang et al. 2022) on any model; `make ioi` runs it on zoo:toyworld.
+"""IOI analysis (Wang et al. 2022) on any model: ``python -m analyses.ioi`` (``make ioi``).
 
-Steps, all on IOI prompts with the ABC corruption (p_ABC):
-1. baseline: logit difference (IO - S) clean and corrupted, accuracy;
-2. head patching by position (IO, S1, S1+1, S2, END), noising and denoising;
-3. path patching backwards, as in the paper (noising, MLPs on the paths):
-   logits -> heads with direct effects (name movers if END attends to IO more than
-   to S, S-suppression heads if it attends to S); their queries at END -> S-inhibition
-   heads, their keys and values -> duplicate-token / induction heads (K- and V-composition);
-   S-inhibition values at S2 -> induction / duplicate-token heads;
-   induction keys at S1+1 -> previous-token heads;
-4. the circuit: heads of each class at their position, classified by path
-   patching and attention signatures;
-5. faithfulness of the circuit and of its complement (mean ablation over p_ABC
-   per template), completeness by class, minimality.
+Steps, all on IOI prompts with the ABC corruption (p_ABC), each a function that
+returns data so that a notebook can run them cell by cell:
 
-Writes results/ioi/<model>/: ioi.json (numbers, settings, provenance),
-patching.pdf/png, path_patching.pdf/png, circuit.pdf/png. Prints a summary table.
+1. :func:`baseline` - logit difference (IO - S) clean and corrupted, accuracy;
+2. :func:`head_patching` - head outputs patched by position (IO, S1, S1+1, S2, END),
+   noising and denoising;
+3. :func:`trace_circuit` - path patching backwards, as in the paper (noising, MLPs on
+   the paths): logits -> heads with direct effects (name movers if END attends to IO
+   more than to S, S-suppression heads if it attends to S); their queries at END ->
+   S-inhibition heads, their keys and values -> duplicate-token / induction heads
+   (K- and V-composition); S-inhibition values at S2 -> induction / duplicate-token
+   heads; induction keys at S1+1 -> previous-token heads. The circuit is the heads of
+   each class at their position, classified by path patching and attention;
+4. :func:`evaluate_circuit` - faithfulness of the circuit and of its complement (mean
+   ablation over p_ABC per template), completeness by class, minimality;
+5. :func:`figures` - head patching, path patching and the circuit, as Figures.
+
+:func:`run` chains them; :func:`main` writes results/ioi/<model>/ (ioi.json and the
+figures as PDF and PNG, as a unit) and prints a summary.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from analyses.common import safe_name, versions
+from analyses.common import run_analysis, safe_name
 
 POSITIONS = ["IO", "S1", "S1+1", "S2", "END"]
 CLASSES = ["name mover", "negative name mover", "s-suppression", "s-inhibition", "induction", "duplicate token",
            "other upstream", "previous token"]
+DIRECT = ("name mover", "negative name mover", "s-suppression")
 
 
 def pick(effect: torch.Tensor, exclude: set[tuple[int, int]], sign: int = -1, rel: float = 0.25,
@@ -61,76 +67,71 @@ def attention_at(model: Any, ps: Any, heads: list[tuple[int, int]], query: str, 
     return out
 
 
-def main(model: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | None = None,
-         out: str = "results") -> int:
-    """Run the analysis; results/ioi/<model>/ is replaced as a unit when the run succeeds."""
-    from circuits.io import run_folder
-    from circuits.tasks.base import check_n, check_seed
-
-    check_n(n)  # clear errors for bad settings, before anything is loaded or computed
-    check_seed(seed)
-    final = os.path.join(out, "ioi", safe_name(model))
-    with run_folder(final) as stage:  # fails here, before any compute, if ``out`` is not writable
-        _run(model, n, seed, device, str(stage))
-    print(f"wrote {final}")
-    return 0
-
-
-@torch.no_grad()
-def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None:
-    from circuits import metrics
-    from circuits.engines import fastpaths
-    from circuits.engines.ablation import Ablation
-    from circuits.engines.detectors import copy_scores
-    from circuits.engines.faithfulness import completeness, faithfulness, minimality
-    from circuits.engines.forward import end_logits
-    from circuits.engines.patching import activation_patching
-    from circuits.engines.path_patching import path_patching, wang_effect
-    from circuits.figures import circuit_figure, heatmaps, save_figure
-    from circuits.io import atomic_write_json
-    from circuits.models import load_model, model_info
+def prompts(model: Any, n: int, seed: int, spec: str) -> dict[str, Any]:
+    """The IOI prompt sets: {"abc": p_ABC (the analysis's set), "s2_io": the S2 := IO flip}.
+    Zoo models get held-out word/template combinations (split "test")."""
     from circuits.tasks import build_task
 
-    t0 = time.time()
-    m = load_model(model, device=device)
-    split = "test" if model.startswith("zoo:") else "all"  # zoo models never saw these combinations
-    ps = build_task("ioi", m.tokenizer, n=n, seed=seed, split=split).to(m.cfg.device)
-    flip = build_task("ioi", m.tokenizer, n=n, seed=seed, split=split, corruption="s2_io").to(m.cfg.device)
-    baseline = {}
-    for name, p in (("abc", ps), ("s2_io", flip)):
-        clean = end_logits(m, p.clean, p.positions["END"])  # only the row the metrics read
-        corr = end_logits(m, p.corrupted, p.positions["END"])
-        baseline[name] = {"logit_diff_clean": float(metrics.logit_diff(clean, p)),
-                          "logit_diff_corrupted": float(metrics.logit_diff(corr, p)),
-                          "accuracy_clean": float(metrics.accuracy(clean, p)), "prompts": p.describe()}
+    split = "test" if spec.startswith("zoo:") else "all"
+    return {c: build_task("ioi", model.tokenizer, n=n, seed=seed, split=split, corruption=c).to(model.cfg.device)
+            for c in ("abc", "s2_io")}
 
-    # 2. head patching by position
-    patch = {d: activation_patching(m, ps, "z", direction=d, positions=POSITIONS, progress=True)
-             for d in ("noise", "denoise")}
-    panels = {f"noising: LD lost @ {pos}": 1 - patch["noise"].normalized()[:, i] for i, pos in enumerate(POSITIONS)}
-    panels |= {f"denoising: LD restored @ {pos}": patch["denoise"].normalized()[:, i]
-               for i, pos in enumerate(POSITIONS)}
-    figs = save_figure(heatmaps(panels, center=0.0, cbar="fraction of clean-corrupted LD",
-                                title=f"IOI head patching by position ({model})"), os.path.join(folder, "patching"))
 
-    # 3. path patching, backwards
-    steps, classes = {}, {}
-    nl = int(m.cfg.n_layers)
+def baseline(model: Any, sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Logit difference clean and corrupted, and clean accuracy, of each prompt set."""
+    from circuits import metrics
+    from circuits.engines.forward import end_logits
+
+    out = {}
+    for name, p in sets.items():
+        clean = end_logits(model, p.clean, p.positions["END"])  # only the row the metrics read
+        corr = end_logits(model, p.corrupted, p.positions["END"])
+        out[name] = {"logit_diff_clean": float(metrics.logit_diff(clean, p)),
+                     "logit_diff_corrupted": float(metrics.logit_diff(corr, p)),
+                     "accuracy_clean": float(metrics.accuracy(clean, p)), "prompts": p.describe()}
+    return out
+
+
+def head_patching(model: Any, ps: Any, progress: bool = True) -> dict[str, Any]:
+    """Head outputs (z) patched at each named position: {"noise": Scores, "denoise": Scores}."""
+    from circuits.engines.patching import activation_patching
+
+    return {d: activation_patching(model, ps, "z", direction=d, positions=POSITIONS, progress=progress)
+            for d in ("noise", "denoise")}
+
+
+@dataclass
+class Trace:
+    """What path patching found: each step's effects, the heads' classes at their positions, the edges
+    between classes, and the attention signatures that classified them."""
+
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    classes: dict[str, str] = field(default_factory=dict)  # "a1.h0@END" -> class
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    attention_at_END: dict[str, dict[str, float]] = field(default_factory=dict)
+    attention_at_S2: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def trace_circuit(model: Any, ps: Any, progress: bool = True) -> Trace:
+    """Path patching backwards from the logits (see the module docstring, step 3)."""
+    from circuits.engines.path_patching import path_patching, wang_effect
+
+    trace = Trace()
 
     def step(name: str, receivers: list, receiver_position: str | None) -> torch.Tensor:
-        sc = path_patching(m, ps, receivers, receiver_position=receiver_position, progress=True)
+        sc = path_patching(model, ps, receivers, receiver_position=receiver_position, progress=progress)
         eff = wang_effect(sc)
-        steps[name] = {"receivers": receivers, "receiver_position": receiver_position,
-                       "effect_percent": eff.tolist(), "base_logit_diff": sc.baseline["base"]}
+        trace.steps[name] = {"receivers": receivers, "receiver_position": receiver_position,
+                             "effect_percent": eff.tolist(), "base_logit_diff": sc.baseline["base"]}
         return eff
 
     e1 = step("logits", ["logits"], None)
     direct = pick(e1, set())
     negative = pick(e1, set(direct), sign=+1, cap=2)
-    end_att = attention_at(m, ps, direct + negative, "END", ["IO", "S1", "S2"])
+    trace.attention_at_END = attention_at(model, ps, direct + negative, "END", ["IO", "S1", "S2"])
 
     def reads_io(h: tuple[int, int]) -> bool:  # the name-mover signature: END attends to IO more than to S
-        a = end_att[f"a{h[0]}.h{h[1]}"]
+        a = trace.attention_at_END[f"a{h[0]}.h{h[1]}"]
         return a["IO"] > a["S1"] + a["S2"]
 
     movers = [h for h in direct if reads_io(h)]
@@ -156,7 +157,8 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
         found = pick(e3, chosen)
         ind_dup += found
         chosen |= set(found)
-    att = attention_at(m, ps, ind_dup, "S2", ["S1", "S1+1"]) if ind_dup else {}
+    att = attention_at(model, ps, ind_dup, "S2", ["S1", "S1+1"]) if ind_dup else {}
+    trace.attention_at_S2 = att
 
     def attends(h: tuple[int, int], pos: str) -> float:
         return att[f"a{h[0]}.h{h[1]}"][pos]
@@ -174,77 +176,185 @@ def _run(model: str, n: int, seed: int, device: str | None, folder: str) -> None
                             ("duplicate token", duplicate, "S2"), ("other upstream", upstream, "S2"),
                             ("previous token", prev, "S1+1")):
         for layer, h in heads:
-            classes[f"a{layer}.h{h}@{pos}"] = cls
-    figs += save_figure(heatmaps({k: torch.tensor(v["effect_percent"]) for k, v in steps.items()}, ncols=4,
-                                 cbar="effect on LD (%)", title="Path patching (noising): 100 (LD_patched - LD) / LD"),
-                        os.path.join(folder, "path_patching"))
+            trace.classes[f"a{layer}.h{h}@{pos}"] = cls
+    trace.edges = circuit_edges(trace.classes)
+    return trace
 
-    # 4-5. circuit, faithfulness, completeness, minimality
+
+def circuit_edges(classes: dict[str, str]) -> list[tuple[str, str]]:
+    """The paper's class-to-class edges between the circuit's heads (a reader in a later layer)."""
+    from circuits.names import parse_node
+
+    def layer_of(node: str) -> int:
+        return parse_node(node).layer
+
+    edges = [(n, "logits") for n, c in classes.items() if c in DIRECT]
+    edges += [(s, t) for s, cs in classes.items() if cs == "s-inhibition" for t, ct in classes.items()
+              if ct in DIRECT and layer_of(t) > layer_of(s)]
+    edges += [(s, t) for s, cs in classes.items() if cs in ("induction", "duplicate token", "other upstream")
+              for t, ct in classes.items() if ct in ("s-inhibition",) + DIRECT and layer_of(t) > layer_of(s)]
+    edges += [(s, t) for s, cs in classes.items() if cs == "previous token" for t, ct in classes.items()
+              if ct == "induction"]
+    return edges
+
+
+def evaluate_circuit(model: Any, ps: Any, classes: dict[str, str], seed: int) -> dict[str, Any]:
+    """Faithfulness (circuit only and complement), completeness by class and minimality, with mean
+    ablation over p_ABC per template (the paper's); None for each when the circuit is empty."""
+    from circuits.engines.ablation import Ablation
+    from circuits.engines.faithfulness import completeness, faithfulness, minimality
+
     circuit = list(classes)
-    ablation = Ablation("mean", by_group=True)  # means over p_ABC per template, as the paper
-    faith = faithfulness(m, ps, circuit, ablation=ablation) if circuit else None
+    ablation = Ablation("mean", by_group=True)
+    if not circuit:
+        return {"ablation": ablation.describe(), "faithfulness": None, "completeness": None, "minimality": None}
     by_class: dict[str, list[str]] = {}
     for node, cls in classes.items():
         by_class.setdefault(cls, []).append(node.split("@")[0])
-    comp = completeness(m, ps, circuit, classes=by_class, n_random=10, seed=seed, ablation=ablation) if circuit else []
-    mini = minimality(m, ps, circuit, n_random=5, seed=seed, ablation=ablation) if circuit else {}
-    copy = copy_scores(m, ps, ["IO", "S1"])
-    def layer_of(node: str) -> int:
-        return int(node[1:].split(".")[0])
+    return {"ablation": ablation.describe(),
+            "faithfulness": faithfulness(model, ps, circuit, ablation=ablation),
+            "completeness": completeness(model, ps, circuit, classes=by_class, n_random=10, seed=seed,
+                                         ablation=ablation),
+            "minimality": minimality(model, ps, circuit, n_random=5, seed=seed, ablation=ablation)}
 
-    direct_cls = ("name mover", "negative name mover", "s-suppression")
-    edges = [(n, "logits") for n, c in classes.items() if c in direct_cls]
-    edges += [(s, t) for s, cs in classes.items() if cs == "s-inhibition" for t, ct in classes.items()
-              if ct in direct_cls and layer_of(t) > layer_of(s)]
-    edges += [(s, t) for s, cs in classes.items() if cs in ("induction", "duplicate token", "other upstream")
-              for t, ct in classes.items() if ct in ("s-inhibition",) + direct_cls and layer_of(t) > layer_of(s)]
-    edges += [(s, t) for s, cs in classes.items() if cs == "previous token" for t, ct in classes.items()
-              if ct == "induction"]
-    figs += save_figure(circuit_figure(classes, edges, nl, classes_order=CLASSES, title=f"IOI circuit in {model}"),
-                        os.path.join(folder, "circuit"))
 
-    result = {
-        "analysis": "ioi", "model": model_info(m),
-        "settings": {"n": n, "seed": seed, "split": split, "corruption": "abc", "positions": POSITIONS,
-                     "path_patching": "noising, MLPs recomputed (Wang et al.)",
-                     "ablation": ablation.describe(),
-                     "selection": "heads with Wang effect of the step's sign >= 25% of the largest and >= 2%, "
-                                  "at most 4 per class"},
-        "baseline": baseline,
-        "head_patching": {d: {"normalized": patch[d].normalized().tolist(), "values": patch[d].values.tolist(),
-                              "baseline": patch[d].baseline, "axes": list(patch[d].axes),
-                              "ci95": [x.tolist() for x in patch[d].ci()]} for d in patch},
-        "path_patching": steps,
-        "circuit": {"nodes": classes, "edges": edges, "attention_at_END": end_att, "attention_at_S2": att},
-        "faithfulness": faith.to_dict() if faith else None,
-        "completeness": comp, "minimality": mini,
-        "copy_scores": copy.values.tolist(),
-        "figures": [os.path.relpath(f, folder) for f in figs],
-        "versions": versions(), "fast_paths": fastpaths.report(m),
-        "seconds": round(time.time() - t0, 2),
+def figures(patch: dict[str, Any], trace: Trace, n_layers: int, label: str) -> dict[str, Any]:
+    """{"patching", "path_patching", "circuit"}: Figures of steps 2 and 3."""
+    from circuits.figures import circuit_figure, heatmaps
+
+    panels = {f"noising: LD lost @ {pos}": 1 - patch["noise"].normalized()[:, i] for i, pos in enumerate(POSITIONS)}
+    panels |= {f"denoising: LD restored @ {pos}": patch["denoise"].normalized()[:, i]
+               for i, pos in enumerate(POSITIONS)}
+    return {
+        "patching": heatmaps(panels, center=0.0, cbar="fraction of clean-corrupted LD",
+                             title=f"IOI head patching by position ({label})"),
+        "path_patching": heatmaps({k: torch.tensor(v["effect_percent"]) for k, v in trace.steps.items()}, ncols=4,
+                                  cbar="effect on LD (%)", title="Path patching (noising): 100 (LD_patched - LD) / LD"),
+        "circuit": circuit_figure(trace.classes, trace.edges, n_layers, classes_order=CLASSES,
+                                  title=f"IOI circuit in {label}"),
     }
-    path = os.path.join(folder, "ioi.json")
-    atomic_write_json(path, result)
 
-    print(f"\nIOI on {model} ({n} prompts, seed {seed}, split {split})")
-    print(f"{'corruption':12s} {'LD clean':>9s} {'LD corr':>9s} {'acc':>6s}")
-    for k, r in baseline.items():
-        print(f"{k:12s} {r['logit_diff_clean']:9.3f} {r['logit_diff_corrupted']:9.3f} {r['accuracy_clean']:6.2f}")
-    print(f"\n{'class':22s} heads (position)")
+
+@dataclass
+class IOIResult:
+    """Everything :func:`run` found, and the figures drawn from it."""
+
+    model: Any
+    spec: str
+    n: int
+    seed: int
+    sets: dict[str, Any]
+    baseline: dict[str, Any]
+    patching: dict[str, Any]
+    trace: Trace
+    evaluation: dict[str, Any]
+    copy_scores: Any
+    figures: dict[str, Any]
+    seconds: float
+
+    def data(self) -> dict[str, Any]:
+        """The numbers, as plain data for the result file."""
+        ev = self.evaluation
+        return {
+            "settings": {"split": self.sets["abc"].provenance["options"]["split"], "corruption": "abc",
+                         "positions": POSITIONS, "path_patching": "noising, MLPs recomputed (Wang et al.)",
+                         "ablation": ev["ablation"],
+                         "selection": "heads with Wang effect of the step's sign >= 25% of the largest and >= 2%, "
+                                      "at most 4 per class"},
+            "baseline": self.baseline,
+            "head_patching": {d: {"normalized": s.normalized().tolist(), "values": s.values.tolist(),
+                                  "baseline": s.baseline, "axes": list(s.axes), "ci95": [x.tolist() for x in s.ci()]}
+                              for d, s in self.patching.items()},
+            "path_patching": self.trace.steps,
+            "circuit": {"nodes": self.trace.classes, "edges": self.trace.edges,
+                        "attention_at_END": self.trace.attention_at_END, "attention_at_S2": self.trace.attention_at_S2},
+            **{k: None if ev[k] is None else ev[k].to_dict() for k in ("faithfulness", "completeness", "minimality")},
+            "copy_scores": self.copy_scores.values.tolist(),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@torch.no_grad()
+def run(spec: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | None = None,
+        progress: bool = True) -> IOIResult:
+    """Every step on ``spec`` (a model spec for ``circuits.models.load_model``)."""
+    from circuits.engines.detectors import copy_scores
+    from circuits.models import load_model
+
+    t0 = time.time()
+    model = load_model(spec, device=device)
+    sets = prompts(model, n, seed, spec)
+    ps = sets["abc"]
+    base = baseline(model, sets)
+    patch = head_patching(model, ps, progress)
+    trace = trace_circuit(model, ps, progress)
+    evaluation = evaluate_circuit(model, ps, trace.classes, seed)
+    copy = copy_scores(model, ps, ["IO", "S1"])
+    figs = figures(patch, trace, int(model.cfg.n_layers), spec)
+    return IOIResult(model, spec, n, seed, sets, base, patch, trace, evaluation, copy, figs, time.time() - t0)
+
+
+def summary(result: IOIResult) -> str:
+    """The printed summary: baselines, the circuit by class, and its evaluation."""
+    lines = [f"IOI on {result.spec} ({result.n} prompts, seed {result.seed}, "
+             f"split {result.sets['abc'].provenance['options']['split']})",
+             f"{'corruption':12s} {'LD clean':>9s} {'LD corr':>9s} {'acc':>6s}"]
+    for k, r in result.baseline.items():
+        lines.append(f"{k:12s} {r['logit_diff_clean']:9.3f} {r['logit_diff_corrupted']:9.3f} {r['accuracy_clean']:6.2f}")
+    lines += ["", f"{'class':22s} heads (position)"]
     for cls in CLASSES:
-        members = [n for n, c in classes.items() if c == cls]
+        members = [n for n, c in result.trace.classes.items() if c == cls]
         if members:
-            print(f"{cls:22s} {', '.join(members)}")
-    if faith:
-        print(f"\nF(model) {faith.full:.3f}  F(circuit) {faith.circuit:.3f}  F(empty) {faith.empty:.3f}  "
-              f"F(complement) {faith.complement:.3f}")
+            lines.append(f"{cls:22s} {', '.join(members)}")
+    faith, comp, mini = (result.evaluation[k] for k in ("faithfulness", "completeness", "minimality"))
+    if faith is not None:
         ci = faith.ci["faithfulness"]
         ci_text = "undefined" if ci is None else f"{ci[0]:.3f}..{ci[1]:.3f}"
-        print(f"normalized faithfulness {faith.faithfulness:.3f} (95% CI {ci_text}); complement "
-              f"{faith.complement_faithfulness:.3f}; |F(M)-F(C)| {faith.wang_gap:.3f}")
-        worst = comp[0] if comp else None
+        lines += ["", f"F(model) {faith.full:.3f}  F(circuit) {faith.circuit:.3f}  F(empty) {faith.empty:.3f}  "
+                      f"F(complement) {faith.complement:.3f}",
+                  f"normalized faithfulness {faith.faithfulness:.3f} (95% CI {ci_text}); complement "
+                  f"{faith.complement_faithfulness:.3f}; |F(M)-F(C)| {faith.wang_gap:.3f}"]
+        worst = comp.worst
         if worst:
-            print(f"completeness: largest |F(C\\K)-F(M\\K)| = {worst['gap']:.3f} ({worst['kind']}, K={worst['K']})")
-        low = [k for k, v in mini.items() if v["fraction_of_full"] is None or v["fraction_of_full"] < 0.01]
-        print(f"minimality: {len(mini) - len(low)}/{len(mini)} nodes matter by >= 1% of F(M)")
-    print(f"\n{os.path.basename(path)} and {len(figs)} figure files in {time.time() - t0:.1f} s")
+            lines.append(f"completeness: largest |F(C\\K)-F(M\\K)| = {worst.gap:.3f} ({worst.kind}, K={worst.K})")
+        low = mini.below(0.01)
+        lines.append(f"minimality: {len(mini.nodes) - len(low)}/{len(mini.nodes)} nodes matter by >= 1% of F(M)")
+    return "\n".join(lines)
+
+
+def write(result: IOIResult, folder: str) -> list[str]:
+    """ioi.json (with provenance) and the figures (PDF + PNG) into ``folder``; returns the paths."""
+    from circuits.engines import fastpaths
+    from circuits.figures import save_figure
+    from circuits.models import model_info
+    from circuits.results import provenance, write_result
+
+    paths = []
+    for stem, fig in result.figures.items():
+        paths += save_figure(fig, os.path.join(folder, stem))
+    data = {**result.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
+    prov = provenance(model=model_info(result.model), task="ioi", seed=result.seed, n=result.n,
+                      fast_paths=fastpaths.report(result.model))
+    return [write_result(os.path.join(folder, "ioi.json"), "ioi", data, prov), *paths]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analyses.ioi [--model M] [--n N] [--seed S] [--device D] [--out DIR]``."""
+    ap = argparse.ArgumentParser(prog="python -m analyses.ioi", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="zoo:toyworld")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device")
+    ap.add_argument("--out", default="results")
+    args = ap.parse_args(argv)
+
+    def analyse(folder: str) -> str:
+        result = run(args.model, args.n, args.seed, args.device)
+        paths = write(result, folder)
+        return summary(result) + f"\n\nioi.json and {len(paths) - 1} figure files in {result.seconds:.1f} s"
+
+    return run_analysis(analyse, os.path.join(args.out, "ioi", safe_name(args.model)), n=args.n, seed=args.seed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

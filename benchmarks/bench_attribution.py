@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "target_ratio": 2, "ours_edges": eap.graph.n_edges,
                                       "tl_note": "position-resolved edges, one pair per call (8 calls)"}
     out["eap_ig5_vs_eap"] = {"eap_seconds": t_eap, "eap_ig_seconds": t_ig, "ratio": t_ig / t_eap, "target_max": 5}
-    per_fraction = t_curve / t_fwd / len(curve["percentages"])
-    out["mib_curve"] = {"seconds": t_curve, "forward_seconds": t_fwd, "fractions": len(curve["percentages"]),
+    per_fraction = t_curve / t_fwd / len(curve.percentages)
+    out["mib_curve"] = {"seconds": t_curve, "forward_seconds": t_fwd, "fractions": len(curve.percentages),
                         "forward_equivalents_per_fraction": per_fraction, "target_max": 10,
-                        "cpr": curve["cpr"], "cmd": curve["cmd"]}
+                        "cpr": curve.cpr, "cmd": curve.cmd}
     out["fast_paths"] = fastpaths.report(model)
     atomic_write_json(args.out, out)
     print(f"fast paths: {fastpaths.summary(model)}")

@@ -1,10 +1,15 @@
-"""The ``circuits`` command (what the Makefile calls). Run ``circuits --help``."""
+"""The ``circuits`` command: tasks, prompt sets, model info and the zoo. Run ``circuits --help``.
+
+Analyses are not commands of the library: each runs as a module of its own
+(``python -m analyses.ioi``, ``python -m analyses.discover``; see the Makefile).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 
 def _options(text: str | None) -> dict:
@@ -35,7 +40,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from circuits.io import checked_folder
     from circuits.models import load_model
     from circuits.tasks import build_task, get_task
-    from circuits.tasks.base import check_n, check_seed
+    from circuits.tasks.templates import check_n, check_seed
 
     options = _options(args.options)  # bad input fails before the model loads
     get_task(args.task).options(**options)
@@ -58,19 +63,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     print(json.dumps(model_info(load_model(args.model, device=args.device)), indent=2))
     return 0
-
-
-def _cmd_ioi(args: argparse.Namespace) -> int:
-    from analyses.ioi import main as ioi_main
-
-    return ioi_main(model=args.model, n=args.n, seed=args.seed, device=args.device, out=args.out)
-
-
-def _cmd_discover(args: argparse.Namespace) -> int:
-    from analyses.discover import main as discover_main
-
-    return discover_main(task=args.task, model=args.model, n=args.n, seed=args.seed, device=args.device,
-                         out=args.out, steps=args.steps, tau=args.tau)
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -114,25 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
     s.set_defaults(fn=_cmd_info)
 
-    s = sub.add_parser("ioi", help="the IOI analysis (results/ioi/<model>/)")
-    s.add_argument("--model", default="zoo:toyworld")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device")
-    s.add_argument("--out", default="results")
-    s.set_defaults(fn=_cmd_ioi)
-
-    s = sub.add_parser("discover", help="circuit discovery: EAP, EAP-IG, ACDC, MIB curves (results/discover/)")
-    s.add_argument("--task", default="ioi")
-    s.add_argument("--model", default="zoo:toyworld")
-    s.add_argument("--n", type=int, default=32)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--steps", type=int, default=5, help="EAP-IG integration steps")
-    s.add_argument("--tau", type=float, default=0.02, help="ACDC threshold (KL, nats)")
-    s.add_argument("--device")
-    s.add_argument("--out", default="results")
-    s.set_defaults(fn=_cmd_discover)
-
     s = sub.add_parser("zoo", help="the bundled model organisms: list, check, train")
     s.add_argument("action", choices=["list", "check", "train"])
     s.add_argument("names", nargs="*", help="zoo model names (default: all)")
@@ -146,19 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (KeyError, ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command. Errors print one line on stderr and exit non-zero (2: bad input or a
-    failed run, 3: an internal error, 130: interrupted); CIRCUITS_DEBUG=1 shows tracebacks."""
+def one_line_errors(fn: Callable[[], int]) -> int:
+    """Run ``fn``; an error prints one line on stderr and gives a non-zero exit code (2: bad input or a
+    failed run, 3: an internal error, 130: interrupted). CIRCUITS_DEBUG=1 re-raises (tracebacks)."""
     import os
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "fn", None):
-        parser.print_help()
-        return 0
     debug = bool(os.environ.get("CIRCUITS_DEBUG"))
     try:
-        return int(args.fn(args) or 0)
+        return int(fn() or 0)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -176,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"circuits: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
               "(CIRCUITS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``circuits`` command (see :func:`one_line_errors` for what errors look like)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    return one_line_errors(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from analyses.ioi import pick
 
 
 def test_ioi_analysis_writes_json_and_figures(model_dirs, tmp_path, capsys):
-    rc = ioi_main(model=model_dirs[("gpt2", "word")], n=8, seed=0, device="cpu", out=str(tmp_path))
+    rc = ioi_main(["--model", model_dirs[("gpt2", "word")], "--n", "8", "--device", "cpu", "--out", str(tmp_path)])
     assert rc == 0
     folders = os.listdir(tmp_path / "ioi")
     assert len(folders) == 1
@@ -24,8 +24,11 @@ def test_ioi_analysis_writes_json_and_figures(model_dirs, tmp_path, capsys):
     assert set(r["head_patching"]) == {"noise", "denoise"}
     assert len(r["head_patching"]["noise"]["normalized"]) == 2  # layers
     assert "logits" in r["path_patching"]
-    assert r["settings"]["n"] == 8 and r["versions"]["torch"]
-    assert r["fast_paths"]["block_replay"]["on"] is True  # the record of what ran, with reasons
+    prov = r["provenance"]  # how it was made
+    assert r["schema_version"] == 1 and r["analysis"] == "ioi"
+    assert prov["n"] == 8 and prov["seed"] == 0 and prov["task"] == "ioi" and prov["versions"]["torch"]
+    assert prov["model"]["n_layers"] == 2 and "commit" in prov["git"]
+    assert prov["fast_paths"]["block_replay"]["on"] is True  # the record of what ran, with reasons
     assert sorted(os.listdir(tmp_path / "ioi")) == folders  # published as a unit: no staging folder left
     assert r["baseline"]["abc"]["prompts"]
     out = capsys.readouterr().out
@@ -45,8 +48,8 @@ def test_pick_selects_by_sign_and_size():
 def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_path, capsys):
     from analyses.discover import main as discover_main
 
-    rc = discover_main(task="ioi", model=model_dirs[("gpt2", "word")], n=6, seed=0, device="cpu",
-                       out=str(tmp_path), steps=2, n_boot=2)
+    rc = discover_main(["--task", "ioi", "--model", model_dirs[("gpt2", "word")], "--n", "6", "--device", "cpu",
+                        "--out", str(tmp_path), "--steps", "2", "--n-boot", "2"])
     assert rc == 0
     folder = tmp_path / "discover" / "ioi"
     (sub,) = list(folder.iterdir())
@@ -55,6 +58,7 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
     for c in r["mib"].values():
         assert len(c["faithfulness"]) == 10 and c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
     assert {"node", "edge"} <= set(r["agreement"])
+    assert r["provenance"]["task"] == "ioi" and r["eap_ig_circuit"]["stability"]["n_boot"] == 2
     assert json.loads((sub / "eap_ig_circuit.json").read_text())["edges"]
     for stem in ("curves", "circuit"):
         assert (sub / f"{stem}.png").stat().st_size > 1000

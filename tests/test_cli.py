@@ -16,8 +16,9 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("tasks", "build", "info", "ioi", "discover", "zoo"):
+    for cmd in ("tasks", "build", "info", "zoo"):
         assert cmd in out
+    assert "analyses.ioi" not in out  # analyses run as modules of their own (python -m analyses.ioi)
 
 
 def test_console_script_is_declared():
@@ -65,5 +66,5 @@ def test_bad_input_gives_a_one_line_error_and_exit_code_2(capsys, tmp_path):
 
 
 def test_parser_defaults_to_the_zoo_model():
-    args = build_parser().parse_args(["ioi"])
+    args = build_parser().parse_args(["build", "ioi"])
     assert args.model == "zoo:toyworld"

@@ -41,8 +41,8 @@ def test_a_cached_forward_equals_a_full_forward(arch, loaded_models):
 def test_reasoner_sampling_reads_the_prompt():
     """Greedy sampling through the cache equals greedy decoding by full forwards."""
     from circuits.models import load_model
-    from circuits.zoo import arithmetic as ar
-    from circuits.zoo import reasoner
+    from circuits.zoo.recipes import arithmetic as ar
+    from circuits.zoo.recipes import reasoner
 
     model = load_model("zoo:reasoner-sft", device="cpu")
     hf, tok = compat.hf_model(model), model.tokenizer
@@ -72,8 +72,8 @@ def _without_kv_cache(model):
 
 def test_a_model_whose_cache_stays_empty_is_named_and_never_used(tmp_path, word_tokenizer):
     from circuits.models import load_model
-    from circuits.zoo import arithmetic as ar
-    from circuits.zoo import reasoner
+    from circuits.zoo.recipes import arithmetic as ar
+    from circuits.zoo.recipes import reasoner
 
     model = load_model(write_tiny_model(tmp_path, "qwen2", word_tokenizer), device="cpu")
     _without_kv_cache(model)

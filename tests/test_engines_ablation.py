@@ -117,13 +117,18 @@ def test_completeness_minimality_records(setup):
     model, ps, _ = setup
     circ = ["a0.h1", "a1.h2", "a1.h3"]
     comp = completeness(model, ps, circ, classes={"late": ["a1.h2", "a1.h3"]}, n_random=3)
-    assert {r["kind"] for r in comp} >= {"empty", "class:late", "random"}
+    assert {r.kind for r in comp.checks} >= {"empty", "class:late", "random"}
     f = faithfulness(model, ps, circ)
-    empty_k = next(r for r in comp if r["kind"] == "empty")
-    assert empty_k["F_C_minus_K"] == pytest.approx(f.circuit, abs=1e-5)
-    assert empty_k["F_M_minus_K"] == pytest.approx(f.full, abs=1e-5)
+    empty_k = next(r for r in comp.checks if r.kind == "empty")
+    assert empty_k.F_C_minus_K == pytest.approx(f.circuit, abs=1e-5)
+    assert empty_k.F_M_minus_K == pytest.approx(f.full, abs=1e-5)
+    assert comp.worst.gap == max(r.gap for r in comp.checks)
     mini = minimality(model, ps, circ, n_random=2)
-    assert set(mini) == set(circ) and all(v["score"] >= 0 for v in mini.values())
+    assert set(mini.nodes) == set(circ) and all(v.score >= 0 for v in mini.nodes.values())
+    # plain data: JSON out and back in
+    assert type(comp).from_dict(comp.to_dict()) == comp
+    assert type(mini).from_dict(mini.to_dict()) == mini
+    assert type(f).from_dict(f.to_dict()) == f
 
 
 def test_ablation_errors(setup):

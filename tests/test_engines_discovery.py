@@ -116,7 +116,7 @@ def test_selection_and_pruning(planted):
     assert jaccard(top, top) == 1.0 and jaccard(top, torch.zeros_like(top)) == 0.0
     stab = bootstrap_stability(ps, lambda p: select_topn(g, attribute_edges(model, p, method="eap-ig-inputs",
                                                                            steps=3).scores, 3), n_boot=2)
-    assert stab["mean"] == 1.0
+    assert stab.mean == 1.0 and stab.jaccard == [1.0, 1.0]
 
 
 def test_mib_area_matches_hand_computation():
@@ -135,11 +135,12 @@ def test_faithfulness_curve_on_planted_model(planted):
     model, ps = planted
     s = attribute_edges(model, ps, method="eap-ig-inputs", steps=5)
     cur = faithfulness_curve(model, ps, s)
-    assert cur["faithfulness"][-1] == pytest.approx(1.0, abs=1e-5)  # 100% of edges = the model
-    kept3 = [i for i, k in enumerate(cur["n_edges_kept"]) if k >= 3]
-    assert all(cur["faithfulness"][i] == pytest.approx(1.0, abs=1e-3) for i in kept3)
-    assert cur["cpr"] == pytest.approx(area_under(cur["percentages"], cur["faithfulness"])[0])
-    assert 0 < cur["cmd"] < 0.1
+    assert cur.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)  # 100% of edges = the model
+    kept3 = [i for i, k in enumerate(cur.n_edges_kept) if k >= 3]
+    assert all(cur.faithfulness[i] == pytest.approx(1.0, abs=1e-3) for i in kept3)
+    assert cur.cpr == pytest.approx(area_under(cur.percentages, cur.faithfulness)[0])
+    assert 0 < cur.cmd < 0.1
+    assert type(cur).from_dict(cur.to_dict()) == cur
 
 
 def test_edge_engine_refuses_a_model_whose_queries_are_not_ln1_then_w_q(engine_models):

@@ -27,8 +27,8 @@ def test_gqa_models_run_every_engine(arch, engine_models):
     g = faithfulness(model, ps, ["a1.h0", "a1.h1"], universe="heads+mlps")
     assert abs(g.full - g.empty) > 1e-3 and g.circuit != pytest.approx(g.full, abs=1e-4)
     curve = knockout_curve(model, ps)
-    assert len(curve) == 3 and all(0 <= r["accuracy"] <= 1 for r in curve)
-    res = all_for_one(model, ps, tau=0.5, prune_heads=True) if curve[0]["accuracy"] > 0 else None
+    assert curve.layers == [-1, 0, 1] and all(0 <= a <= 1 for a in curve.accuracy)
+    res = all_for_one(model, ps, tau=0.5, prune_heads=True) if curve.accuracy[0] > 0 else None
     if res is not None:
         assert 0 <= res.wait < 2 and res.stage1[0]["faithfulness"] == pytest.approx(1.0, abs=1e-6)
     for fn in (detectors.previous_token_scores, detectors.induction_scores, detectors.duplicate_token_scores,
@@ -83,8 +83,9 @@ def test_gqa_models_run_attribution_and_discovery(arch, engine_models):
     torch.testing.assert_close(vals[1], metrics.logit_diff(model(ps.corrupted), ps, reduce="none"),
                                atol=1e-5, rtol=1e-5)
     curve = faithfulness_curve(model, ps, s)
-    assert curve["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
+    assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
     circ = acdc(model, ps, 0.01, candidates=select_topn(g, s.scores, 15, do_prune=False), progress=False)
     assert all("->" in e for e in circ.edges)
     rep = agreement_report(model, ps, steps=2, strict=False, max_edges=40)
-    assert rep["edge"]["edges_compared"] == 40 and -1 <= rep["edge"]["pearson"] <= 1
+    assert len(rep.edge.names) == 40 and -1 <= rep.edge.pearson <= 1
+    assert type(rep).from_dict(rep.to_dict()) == rep

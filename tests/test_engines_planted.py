@@ -102,7 +102,7 @@ def test_peeking_masks_and_knockouts(planted):
     end = int(ps.positions["END"][0])
     assert m[0, end].all() and m[0, 3].sum() == 1 and m[0, 3, 3]
     curve = knockout_curve(model, ps, bos=False)
-    acc = {r["layer"]: r["accuracy"] for r in curve}
+    acc = dict(zip(curve.layers, curve.accuracy))
     assert acc[-1] == 1.0 and acc[0] == 1.0 and acc[1] == 0.0  # END's reads matter only in layer 1
     # self-peeking everywhere in layer 0 removes the previous-token information
     logits = run_variants(model, ps.clean, ps.positions["END"], [[]], schedules=[{0: "self"}], ps=ps, bos=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from circuits.models import load_model
 from circuits.tasks import build_task
 from circuits.zoo import ZOO_DIR, list_zoo
 from circuits.zoo.check import trained_tasks
-from circuits.zoo.toyworld import EVAL_TASKS
+from circuits.zoo.recipes.toyworld import EVAL_TASKS
 
 IN_CONTEXT = ["ioi", "colored_objects", "reasoning", "induction"]
 
@@ -97,7 +99,7 @@ def knock_out_end_attention(model, ps):
 @pytest.mark.parametrize("task", IN_CONTEXT)
 def test_in_context_tasks_go_through_attention(task, toyworld):
     ps = build_task(task, toyworld.tokenizer, n=100, seed=99, split="test",
-                    **trained_tasks("toyworld", EVAL_TASKS)[task])
+                    **trained_tasks("toyworld")[task])
     with torch.no_grad():
         clean = metrics.accuracy(toyworld(ps.clean), ps).item()
         knocked = toyworld.run_with_hooks(ps.clean, fwd_hooks=knock_out_end_attention(toyworld, ps))
@@ -109,7 +111,17 @@ def test_in_context_tasks_go_through_attention(task, toyworld):
 def test_colored_objects_is_found_by_content_not_position(n_objects, toyworld):
     """Scenes of 2, 3 and 4 objects put the colours at different positions; a model that reads
     the colour off a position (as an earlier build did: 2 objects 2%, 4 objects 23%) fails."""
-    opts = {**trained_tasks("toyworld", EVAL_TASKS)["colored_objects"], "n_objects": n_objects}
+    opts = {**trained_tasks("toyworld")["colored_objects"], "n_objects": n_objects}
     ps = build_task("colored_objects", toyworld.tokenizer, n=100, seed=7, split="test", **opts)
     with torch.no_grad():
         assert metrics.accuracy(toyworld(ps.clean), ps).item() >= 0.9
+
+
+def test_the_recipe_records_the_options_its_model_is_evaluated_with():
+    """Analyses read a zoo model's task options from its recipe.json, not from the training code;
+    what the bundled files say must be what the recipe computes."""
+    from circuits.zoo import task_options
+
+    assert task_options("zoo:toyworld") == json.loads(json.dumps(EVAL_TASKS))
+    assert task_options("zoo:toyworld@200") == task_options("zoo:toyworld")
+    assert task_options("path/to/any/model") == {}

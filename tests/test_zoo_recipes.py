@@ -7,22 +7,22 @@ import random
 import pytest
 import torch
 
-from circuits.zoo import arithmetic as ar
-from circuits.zoo import corpus
 from circuits.zoo.check import verdicts
-from circuits.zoo.train import TrainSettings, lr_at, masked_lm_loss, train
+from circuits.zoo.recipes import arithmetic as ar
+from circuits.zoo.recipes import corpus
+from circuits.zoo.recipes.train import TrainSettings, lr_at, masked_lm_loss, train
 
 
 @pytest.fixture(scope="module")
 def zoo_tok():
-    from circuits.zoo.toyworld import make_tokenizer
+    from circuits.zoo.recipes.toyworld import make_tokenizer
 
     return make_tokenizer()
 
 
 def test_zoo_vocabulary_covers_every_task(zoo_tok):
     from circuits.tasks import list_tasks
-    from circuits.zoo.toyworld import EVAL_TASKS
+    from circuits.zoo.recipes.toyworld import EVAL_TASKS
 
     assert set(EVAL_TASKS) == set(list_tasks())
     for task, opts in EVAL_TASKS.items():
@@ -147,7 +147,7 @@ def test_verdicts_flag_failures():
 
 
 def test_rebalanced_mixture_fixes_shares_and_scales_the_rest():
-    from circuits.zoo.toyworld import MIXTURE, rebalanced
+    from circuits.zoo.recipes.toyworld import MIXTURE, rebalanced
 
     m = rebalanced(MIXTURE, {"mental_math": 0.3, "colored_objects": 0.22})
     assert list(m) == list(MIXTURE)  # order decides each part's seed

@@ -28,6 +28,7 @@ from circuits.engines.common import EngineRun, Metric, model_settings
 from circuits.engines.interventions import Edit, run_variants
 from circuits.engines.sites import SITES, hook_name
 from circuits.prompts import PromptSet
+from circuits.records import Record
 
 
 def af1_schedule(n_layers: int, wait: int, transfer: int, pruned: tuple[tuple[int, int], ...] = (),
@@ -47,7 +48,10 @@ def af1_schedule(n_layers: int, wait: int, transfer: int, pruned: tuple[tuple[in
 
 
 @dataclass
-class AF1Result:
+class AF1Result(Record):
+    """All-for-One's result: the wait and transfer layers found, accuracies and metrics with the
+    peeking schedule, the search stages and the pruned heads."""
+
     wait: int
     transfer: int
     accuracy_full: float
@@ -63,9 +67,6 @@ class AF1Result:
     kept_heads: list[list[int]] = field(default_factory=list)
     accuracy_pruned: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def _acc(logits: Tensor, ps: PromptSet) -> Tensor:
@@ -141,17 +142,26 @@ def all_for_one(model: Any, ps: PromptSet, *, reference: PromptSet | None = None
          "n_prompts": len(ps), "reference": "prompts" if reference is None else f"{len(reference)} prompts"})
 
 
-def knockout_curve(model: Any, ps: PromptSet, *, bos: bool = True, metric: str | Metric = "logit_diff",
-                   memory_budget: int | None = None) -> list[dict[str, float]]:
-    """AF1's necessity test: END may not read other tokens, one layer at a time.
+@dataclass
+class KnockoutCurve(Record):
+    """AF1's necessity test: accuracy and metric when END may not read other tokens in one layer."""
 
-    Returns per layer {"layer", "accuracy", "metric"} (layer -1: no knockout).
-    """
+    layers: list[int]  # -1: no knockout (the full model), then each layer
+    accuracy: list[float]  # top-1 accuracy at END
+    metric: list[float]  # mean metric
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def knockout_curve(model: Any, ps: PromptSet, *, bos: bool = True, metric: str | Metric = "logit_diff",
+                   memory_budget: int | None = None) -> KnockoutCurve:
+    """AF1's necessity test: END may not read other tokens, one layer at a time (layer -1: no knockout)."""
     run_ = EngineRun(model, ps, metric, full_vocabulary=True)  # accuracy reads every logit
     ps = run_.ps
     n_layers = int(model.cfg.n_layers)
     scheds = [{}] + [{layer: "knockout"} for layer in range(n_layers)]
     logits = run_variants(model, ps.clean, ps.positions["END"], [[] for _ in scheds], memory_budget,
                           schedules=scheds, ps=ps, bos=bos)
-    return [{"layer": i - 1, "accuracy": float(_acc(lg, ps).mean()), "metric": float(run_.evaluate(lg).mean())}
-            for i, lg in enumerate(logits)]
+    return KnockoutCurve(list(range(-1, n_layers)), [float(_acc(lg, ps).mean()) for lg in logits],
+                         [float(run_.evaluate(lg).mean()) for lg in logits],
+                         {"engine": "knockout_curve", "bos": bos, "metric": run_.metric.name, **model_settings(model),
+                          "n_prompts": len(ps)})

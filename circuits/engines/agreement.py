@@ -11,6 +11,7 @@ the sign of the top components by exact effect; a disagreement there raises
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,20 +23,54 @@ from circuits.engines.edge_patching import evaluate_edge_circuits
 from circuits.engines.patching import activation_patching
 from circuits.names import Node
 from circuits.prompts import PromptSet
+from circuits.records import Record
 
 
 class AgreementError(RuntimeError):
     """Attribution and exact patching disagree in sign on the top components."""
 
 
-def correlations(a: Tensor, b: Tensor) -> dict[str, float]:
-    """Pearson and Spearman correlation of two flat score vectors."""
+def correlations(a: Tensor, b: Tensor) -> dict[str, float | None]:
+    """Pearson and Spearman correlation of two flat score vectors; None (undefined) for fewer than
+    3 values or a constant vector."""
     from scipy.stats import pearsonr, spearmanr
 
     x, y = a.flatten().double().numpy(), b.flatten().double().numpy()
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return {"pearson": float("nan"), "spearman": float("nan"), "n": len(x)}
+        return {"pearson": None, "spearman": None, "n": len(x)}
     return {"pearson": float(pearsonr(x, y)[0]), "spearman": float(spearmanr(x, y)[0]), "n": len(x)}
+
+
+@dataclass
+class Agreement(Record):
+    """Attribution against exact effects for one kind of component (heads, or edges)."""
+
+    names: list[str]  # the components compared
+    attribution: list[float]  # first-order estimate of M(clean) - M(patched)
+    exact: list[float]  # M(clean) - M(patched), measured
+    pearson: float | None  # None: undefined (fewer than 3 components, or a constant score)
+    spearman: float | None
+    sign_disagreements_top: list[dict[str, Any]]  # top components (by exact effect) whose signs differ
+    total: int  # components of this kind in the model (edges may be sampled)
+
+    def top_exact(self, k: int = 20) -> list[tuple[str, float, float]]:
+        """(name, exact, attribution) of the k components with the largest exact effect."""
+        rows = zip(self.names, self.exact, self.attribution)
+        return sorted(rows, key=lambda t: -abs(t[1]))[:k]
+
+
+@dataclass
+class AgreementReport(Record):
+    """Agreement of an attribution method with exact patching, at node (head) and edge level."""
+
+    method: str
+    steps: int
+    n_prompts: int
+    node_method: str
+    node: Agreement
+    edge: Agreement
+
+    _nested = {"node": ("one", Agreement), "edge": ("one", Agreement)}
 
 
 def _sign_check(names: list[str], approx: Tensor, exact: Tensor, top: int) -> list[dict[str, Any]]:
@@ -50,7 +85,7 @@ def _sign_check(names: list[str], approx: Tensor, exact: Tensor, top: int) -> li
 
 def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs", steps: int = 5,
                      metric: str | Metric = "logit_diff", top: int = 5, max_edges: int | None = 2000,
-                     strict: bool = True, seed: int = 0) -> dict[str, Any]:
+                     strict: bool = True, seed: int = 0) -> AgreementReport:
     """Compare attribution with exact patching (see the module docstring).
 
     ``max_edges`` caps the exact edge sweep (the top edges by |attribution| plus a
@@ -85,16 +120,15 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
 
     bad_nodes = _sign_check(node_names, node_attr.flatten(), exact_node_effect.flatten(), top)
     bad_edges = _sign_check(edge_names, approx_edge, exact_edge, top)
-    report = {
-        "method": method, "steps": steps, "n_prompts": len(ps),
-        "node_method": "attribution patching of head outputs (first order)",
-        "node": {**correlations(node_attr, exact_node_effect), "sign_disagreements_top": bad_nodes,
-                 "attribution": node_attr.tolist(), "exact": exact_node_effect.tolist()},
-        "edge": {**correlations(approx_edge, exact_edge), "sign_disagreements_top": bad_edges,
-                 "edges_compared": len(chosen), "total_edges": g.n_edges,
-                 "top_exact": sorted(zip(edge_names, exact_edge.tolist(), approx_edge.tolist()),
-                                     key=lambda t: -abs(t[1]))[:20]},
-    }
+
+    def level(names: list[str], approx: Tensor, exact: Tensor, bad: list, total: int) -> Agreement:
+        c = correlations(approx, exact)
+        return Agreement(names, approx.flatten().tolist(), exact.flatten().tolist(), c["pearson"], c["spearman"],
+                         bad, total)
+
+    report = AgreementReport(method, steps, len(ps), "attribution patching of head outputs (first order)",
+                             level(node_names, node_attr, exact_node_effect, bad_nodes, len(node_names)),
+                             level(edge_names, approx_edge, exact_edge, bad_edges, g.n_edges))
     if strict and (bad_nodes or bad_edges):
         raise AgreementError(f"attribution ({method}) and exact patching disagree in sign on the top-{top} "
                              f"components: nodes {bad_nodes}, edges {bad_edges}")

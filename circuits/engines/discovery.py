@@ -23,6 +23,7 @@ from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.metrics import kl_rows
 from circuits.names import Node, parse_edge, parse_reader
 from circuits.prompts import PromptSet
+from circuits.records import Record
 
 
 def _owners(graph: EdgeGraph) -> tuple[Tensor, Tensor]:
@@ -207,16 +208,27 @@ def jaccard(a: Tensor, b: Tensor) -> float:
     return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
-def bootstrap_stability(ps: PromptSet, find: Callable[[PromptSet], Tensor], n_boot: int = 5, seed: int = 0
-                        ) -> dict[str, Any]:
-    """Edge Jaccard of circuits found on bootstrap resamples of the prompts vs the circuit on all of them.
+@dataclass
+class Stability(Record):
+    """How stable a discovered circuit is: edge Jaccard of circuits found on bootstrap resamples
+    of the prompts against the circuit found on all of them."""
 
-    ``find(prompts) -> mask``. Returns {"jaccard": [...], "mean", "min", "n_boot", "seed"}.
-    """
+    jaccard: list[float]  # one per resample
+    mean: float
+    min: float
+    n_boot: int
+    seed: int
+
+
+def bootstrap_stability(ps: PromptSet, find: Callable[[PromptSet], Tensor], n_boot: int = 5, seed: int = 0
+                        ) -> Stability:
+    """Stability of ``find(prompts) -> edge mask`` over ``n_boot`` resamples drawn with ``seed``."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     rng = random.Random(seed)
     full = find(ps)
     vals = []
     for _ in range(n_boot):
         idx = [rng.randrange(len(ps)) for _ in range(len(ps))]
         vals.append(jaccard(full, find(ps.subset(idx))))
-    return {"jaccard": vals, "mean": sum(vals) / len(vals), "min": min(vals), "n_boot": n_boot, "seed": seed}
+    return Stability(vals, sum(vals) / len(vals), min(vals), n_boot, seed)

@@ -36,6 +36,7 @@ from circuits.engines.nodes import Node, all_heads, all_mlps, check_nodes, parse
 from circuits.engines.sites import site_of
 from circuits.metrics import check_difference
 from circuits.prompts import PromptSet
+from circuits.records import Record
 
 Placed = tuple[Node, str]
 
@@ -89,26 +90,75 @@ def evaluate_ablated(model: Any, ps: PromptSet, variants: Sequence[Sequence[Plac
 
 
 @dataclass
-class Faithfulness:
-    full: float
-    circuit: float
-    empty: float
-    complement: float
+class Faithfulness(Record):
+    """A circuit's faithfulness (see the module docstring); metric values are means over prompts."""
+
+    full: float  # F(M): nothing ablated
+    circuit: float  # F(C): everything outside the circuit ablated
+    empty: float  # F(empty): the whole universe ablated
+    complement: float  # the circuit's own nodes ablated
     faithfulness: float  # (circuit - empty) / (full - empty)
     complement_faithfulness: float  # (complement - empty) / (full - empty)
-    ci: dict[str, list[float] | None] = field(default_factory=dict)  # None: undefined
+    ci: dict[str, list[float] | None] = field(default_factory=dict)  # 95% bootstrap intervals; None: undefined
     per_example: dict[str, list[float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+
+    _derived = ("wang_gap",)
 
     @property
     def wang_gap(self) -> float:
         """|F(M) - F(C)| (the IOI paper's faithfulness, in metric units)."""
         return abs(self.full - self.circuit)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in ("full", "circuit", "empty", "complement", "faithfulness",
-                                                  "complement_faithfulness", "wang_gap", "ci", "settings")},
-                "per_example": self.per_example}
+
+@dataclass
+class CompletenessCheck(Record):
+    """One subset K of the circuit: F(C minus K) against F(M minus K) (Wang et al.'s completeness)."""
+
+    K: list[str]
+    kind: str  # "empty", "class:<name>" or "random"
+    F_C_minus_K: float
+    F_M_minus_K: float
+    gap: float  # |F(C minus K) - F(M minus K)|, metric units
+
+
+@dataclass
+class Completeness(Record):
+    """Completeness checks, largest gap first."""
+
+    checks: list[CompletenessCheck]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    _nested = {"checks": ("list", CompletenessCheck)}
+
+    @property
+    def worst(self) -> CompletenessCheck | None:
+        """The subset with the largest gap (None if there is none)."""
+        return self.checks[0] if self.checks else None
+
+
+@dataclass
+class NodeMinimality(Record):
+    """One node's minimality: the largest change its removal makes, and the subset K where it does."""
+
+    score: float  # max over K of |F(C minus (K + v)) - F(C minus K)|, metric units
+    fraction_of_full: float | None  # score / |F(M)|; None when F(M) is 0 (undefined)
+    K: list[str]
+
+
+@dataclass
+class Minimality(Record):
+    """Minimality of every circuit node (Wang et al.: each should matter by at least 1% of F(M))."""
+
+    full: float  # F(M)
+    nodes: dict[str, NodeMinimality]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    _nested = {"nodes": ("dict", NodeMinimality)}
+
+    def below(self, fraction: float = 0.01) -> list[str]:
+        """Nodes whose score is under ``fraction`` of |F(M)| (or undefined)."""
+        return [n for n, m in self.nodes.items() if m.fraction_of_full is None or m.fraction_of_full < fraction]
 
 
 def _boot_ratio(num: Tensor, den: Tensor, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
@@ -160,11 +210,9 @@ def _subsets(nodes: list[Node], n: int, rng: random.Random) -> list[list[Node]]:
 def completeness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, classes: dict[str, Sequence[Any]] | None = None,
                  n_random: int = 20, seed: int = 0, universe: str | Sequence[Any] = "heads",
                  ablation: Ablation | None = None, metric: str | Metric = "logit_diff",
-                 memory_budget: int | None = None) -> list[dict[str, Any]]:
-    """|F(C minus K) - F(M minus K)| for K = each class, the empty set and random subsets of C.
-
-    Returns one record per K, largest gap first: {"K", "kind", "F_C_minus_K", "F_M_minus_K", "gap"}.
-    """
+                 memory_budget: int | None = None) -> Completeness:
+    """|F(C minus K) - F(M minus K)| for K = each class, the empty set and ``n_random`` random subsets of C
+    (drawn with ``seed``); checks sorted largest gap first."""
     circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
     uni = resolve_universe(model, universe)
     rng = random.Random(seed)
@@ -179,19 +227,18 @@ def completeness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, classes: 
         variants.append([(n, "all") for n in k])
     vals = evaluate_ablated(model, ps, variants, ablation=ablation, metric=metric, memory_budget=memory_budget)
     means = vals.mean(1)
-    out = [{"K": [n.name for n in k], "kind": kind, "F_C_minus_K": float(means[2 * i]),
-            "F_M_minus_K": float(means[2 * i + 1]), "gap": float((means[2 * i] - means[2 * i + 1]).abs())}
-           for i, (kind, k) in enumerate(ks)]
-    return sorted(out, key=lambda r: -r["gap"])
+    checks = [CompletenessCheck([n.name for n in k], kind, float(means[2 * i]), float(means[2 * i + 1]),
+                                float((means[2 * i] - means[2 * i + 1]).abs())) for i, (kind, k) in enumerate(ks)]
+    return Completeness(sorted(checks, key=lambda c: -c.gap),
+                        {"engine": "completeness", "circuit": [n.name for n in circ], "n_random": n_random,
+                         "seed": seed, "metric": resolve_metric(metric).name, "n_prompts": len(ps)})
 
 
 def minimality(model: Any, ps: PromptSet, circuit: Sequence[Any], *, n_random: int = 10, seed: int = 0,
                universe: str | Sequence[Any] = "heads", ablation: Ablation | None = None,
-               metric: str | Metric = "logit_diff", memory_budget: int | None = None) -> dict[str, dict[str, Any]]:
-    """For each node v: max over K (empty + random subsets of C minus v) of |F(C minus (K+v)) - F(C minus K)|.
-
-    Returns {node: {"score", "fraction_of_full", "K"}}; the IOI paper asks every node for >= 1% of F(M).
-    """
+               metric: str | Metric = "logit_diff", memory_budget: int | None = None) -> Minimality:
+    """For each node v: max over K (empty + ``n_random`` random subsets of C minus v, drawn with ``seed``)
+    of |F(C minus (K+v)) - F(C minus K)|."""
     circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
     uni = resolve_universe(model, universe)
     rng = random.Random(seed)
@@ -206,10 +253,11 @@ def minimality(model: Any, ps: PromptSet, circuit: Sequence[Any], *, n_random: i
     vals = evaluate_ablated(model, ps, variants, ablation=ablation, metric=metric,
                             memory_budget=memory_budget).mean(1)
     full = float(vals[0])
-    out: dict[str, dict[str, Any]] = {}
+    nodes: dict[str, NodeMinimality] = {}
     for i, (v, k) in enumerate(plan):
         score = float((vals[1 + 2 * i] - vals[2 + 2 * i]).abs())
-        if v.name not in out or score > out[v.name]["score"]:
-            out[v.name] = {"score": score, "fraction_of_full": score / abs(full) if full else None,
-                           "K": [n.name for n in k]}
-    return out
+        if v.name not in nodes or score > nodes[v.name].score:
+            nodes[v.name] = NodeMinimality(score, score / abs(full) if full else None, [n.name for n in k])
+    return Minimality(full, nodes, {"engine": "minimality", "circuit": [n.name for n in circ],
+                                    "n_random": n_random, "seed": seed, "metric": resolve_metric(metric).name,
+                                    "n_prompts": len(ps)})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,8 +23,26 @@ from circuits.engines.discovery import select_greedy, select_topn
 from circuits.engines.edge_patching import evaluate_edge_circuits
 from circuits.metrics import check_difference
 from circuits.prompts import PromptSet
+from circuits.records import Record
 
 PERCENTAGES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass
+class FaithfulnessCurve(Record):
+    """MIB's faithfulness curve of one method: f at each fraction of the edges kept, and its areas."""
+
+    percentages: list[float]  # fractions of the edges kept (0..1)
+    n_edges_requested: list[int]
+    n_edges_kept: list[int]  # after pruning dangling edges
+    faithfulness: list[float]  # (m(C) - m(empty)) / (m(M) - m(empty)) at each fraction
+    cpr: float  # area under f (higher: more faithful small circuits)
+    cmd: float  # area under |1 - f| (lower is better)
+    average: float  # mean f over the fractions
+    m_full: float  # the metric with every edge kept
+    m_empty: float  # the metric with every edge ablated
+    total_edges: int
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def area_under(x: Sequence[float], f: Sequence[float], log_scale: bool = False) -> tuple[float, float]:
@@ -41,7 +60,7 @@ def area_under(x: Sequence[float], f: Sequence[float], log_scale: bool = False) 
 def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablation: str = "corrupted",
                        reference: PromptSet | None = None, metric: str | Metric = "logit_diff",
                        selection: str = "topn", absolute: bool = True, percentages: Sequence[float] = PERCENTAGES,
-                       log_scale: bool = False, memory_budget: int | None = None) -> dict[str, Any]:
+                       log_scale: bool = False, memory_budget: int | None = None) -> FaithfulnessCurve:
     """Faithfulness at each edge fraction plus CPR / CMD (see the module docstring)."""
     if selection not in ("topn", "greedy"):
         raise ValueError(f"selection must be 'topn' or 'greedy', got {selection!r}")
@@ -57,8 +76,8 @@ def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablatio
                                       f"{m_empty:.4g}: clean and corrupted prompts behave alike)")
     f = [(float(v) - m_empty) / (m_full - m_empty) for v in vals[2:]]
     cpr, cmd = area_under(list(percentages), f, log_scale)
-    return {"percentages": list(percentages), "n_edges_requested": [int(p * graph.n_edges) for p in percentages],
-            "n_edges_kept": [int(m.sum()) for m in masks], "faithfulness": f, "cpr": cpr, "cmd": cmd,
-            "average": sum(f) / len(f), "m_full": m_full, "m_empty": m_empty, "total_edges": graph.n_edges,
-            "settings": {"ablation": ablation, "metric": metric_name, "selection": selection, "absolute": absolute,
-                         "log_scale": log_scale, "method": scores.settings.get("method"), "n_prompts": len(ps)}}
+    return FaithfulnessCurve(
+        list(percentages), [int(p * graph.n_edges) for p in percentages], [int(m.sum()) for m in masks], f, cpr,
+        cmd, sum(f) / len(f), m_full, m_empty, graph.n_edges,
+        {"ablation": ablation, "metric": metric_name, "selection": selection, "absolute": absolute,
+         "log_scale": log_scale, "method": scores.settings.get("method"), "n_prompts": len(ps)})

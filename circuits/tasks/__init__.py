@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from circuits.prompts import PromptAlignmentError, PromptSet
-from circuits.tasks.base import TaskVocabularyError, prompt_set_from_texts
 from circuits.tasks.classics import GreaterThan, Induction
 from circuits.tasks.colored_objects import ColoredObjects
 from circuits.tasks.ioi import IOI
 from circuits.tasks.mental_math import MentalMath
 from circuits.tasks.recall_reasoning import Reasoning, Recall
 from circuits.tasks.task import Task
+from circuits.tasks.templates import TaskVocabularyError, prompt_set_from_texts
 
 TASKS: dict[str, Task] = {
     t.name: t

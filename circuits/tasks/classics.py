@@ -19,8 +19,8 @@ import random
 from typing import Any
 
 from circuits.tasks import vocab
-from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
+from circuits.tasks.templates import Example, TaskSpec, in_split
 
 
 class Induction(Task):
@@ -57,7 +57,7 @@ class Induction(Task):
         template = rng.randrange(len(lens)) if len(lens) > 1 else 0  # keeps single-length streams unchanged
         L = lens[template]
         if len(pools["words"]) < L + 1:
-            from circuits.tasks.base import TaskVocabularyError
+            from circuits.tasks.templates import TaskVocabularyError
 
             raise TaskVocabularyError(f"induction: seq_len={L} needs {L + 1} single-token words, "
                                       f"only {len(pools['words'])} are")
@@ -88,7 +88,7 @@ class GreaterThan(Task):
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         years = set(pools["years"])
         if "01" not in years:
-            from circuits.tasks.base import TaskVocabularyError
+            from circuits.tasks.templates import TaskVocabularyError
 
             raise TaskVocabularyError("greater_than: the corruption year '01' is not a single token after '17' "
                                       "in this tokenizer")

@@ -6,7 +6,7 @@ of the same list, whose color becomes the wrong answer. ``question="statement"``
 ends the prompt with "... The cup is" instead (the object right before END);
 ``order="object_first"`` names each object before its color ("a cup that is
 blue"); ``order="the_is"`` lists "the cup is blue" and asks "... A: the cup is",
-which the zoo uses (see circuits.zoo.toyworld).
+which the zoo uses (see circuits.zoo.recipes.toyworld).
 ``n_objects`` (2-5, or a list for a mixture) sets how many objects the scene lists.
 Named positions: O0.. (objects), C0.. (colors), QO (queried object), END; a
 slot absent from a prompt's template has position -1.
@@ -18,8 +18,8 @@ import random
 from typing import Any
 
 from circuits.tasks import vocab
-from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
+from circuits.tasks.templates import Example, TaskSpec, in_split
 
 STARTS = ["there is", "you see", "I see"]
 QUESTIONS = ("qa", "statement")

@@ -15,8 +15,8 @@ import random
 from typing import Any
 
 from circuits.tasks import vocab
-from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
+from circuits.tasks.templates import Example, TaskSpec, in_split
 
 BABA_TEMPLATES = [
     "Then, {S1} and {IO} went to the {PLACE}. {S2} gave a {OBJECT} to",

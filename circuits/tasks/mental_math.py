@@ -14,8 +14,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
+from circuits.tasks.templates import Example, TaskSpec, in_split
 
 FORMS: dict[str, tuple[str, ...]] = {
     "add": ("+",),

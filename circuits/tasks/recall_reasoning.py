@@ -16,8 +16,8 @@ import random
 from typing import Any
 
 from circuits.tasks import vocab
-from circuits.tasks.base import Example, TaskSpec, in_split
 from circuits.tasks.task import Task
+from circuits.tasks.templates import Example, TaskSpec, in_split
 
 RECALL_TEMPLATES = {
     "toyworld": ["{E} lives in", "the home of {E} is in", "{E} comes from", "everyone knows that {E} lives in"],

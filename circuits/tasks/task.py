@@ -6,7 +6,7 @@ import random
 from typing import Any, ClassVar
 
 from circuits.prompts import PromptSet
-from circuits.tasks.base import (
+from circuits.tasks.templates import (
     Example,
     TaskSpec,
     TokenizerView,
@@ -60,7 +60,7 @@ class Task:
 
     def check_options(self, opts: dict[str, Any]) -> None:
         """Raise ValueError on a bad option value (override to add checks)."""
-        from circuits.tasks.base import SPLITS
+        from circuits.tasks.templates import SPLITS
 
         if "split" in opts and opts["split"] not in SPLITS:
             raise ValueError(f"task {self.name!r}: split must be one of {SPLITS}, got {opts['split']!r}")

@@ -2,12 +2,16 @@
 
 ``zoo:<name>`` names a folder ``circuits/zoo/models/<name>`` holding config.json,
 model.safetensors, tokenizer.json and a model card. Training checkpoints are
-``<name>@<step>`` folders. Recipes that (re)build them live beside this file.
+``<name>@<step>`` folders, and ``recipe.json`` in each says how it was made and with
+which task options to evaluate it. The recipes that (re)build them live in
+``circuits.zoo.recipes``; this registry never imports them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 ZOO_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "zoo:toyworld"
@@ -28,3 +32,18 @@ def zoo_path(name: str) -> Path:
         listing = ", ".join(f"zoo:{n}" for n in available) if available else "none are bundled yet (run `make zoo`)"
         raise KeyError(f"unknown zoo model {name!r}; available zoo models: {listing}")
     return path
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The recipe.json of zoo model ``name`` ({} if it has none)."""
+    path = zoo_path(name) / "recipe.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def task_options(spec: str) -> dict[str, dict[str, Any]]:
+    """Task options to evaluate a model with: for ``zoo:<name>``, those its recipe records
+    (``eval_task_options``: the options it was trained with, evaluation overrides applied);
+    {} for any other model (the tasks' defaults)."""
+    if not spec.startswith("zoo:"):
+        return {}
+    return recipe(spec[4:]).get("eval_task_options", {})

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from circuits.zoo import ZOO_DIR, list_zoo
+from circuits.zoo import ZOO_DIR, list_zoo, recipe, task_options
 
 SIZE_BUDGET_MIB = 60.0
 
@@ -28,23 +28,9 @@ def checkpoints(names: list[str]) -> list[str]:
     return sorted((n for n in names if re.fullmatch(r"toyworld@\d+", n)), key=lambda n: int(n.split("@")[1]))
 
 
-def recipe_task_options(name: str) -> dict[str, dict]:
-    """The task options a bundled model was trained with (its recipe.json; {} if it has none)."""
-    import json
-
-    recipe = ZOO_DIR / name / "recipe.json"
-    return json.loads(recipe.read_text()).get("task_options", {}) if recipe.exists() else {}
-
-
-def trained_tasks(name: str, default: dict[str, dict]) -> dict[str, dict]:
-    """Options to evaluate a bundled model with: those it was trained with (else ``default``),
-    with toyworld's evaluation overrides."""
-    from circuits.zoo.toyworld import eval_options
-
-    opts = recipe_task_options(name)
-    if not opts:
-        return default
-    return eval_options({t: opts.get(t, o) for t, o in default.items()})
+def trained_tasks(name: str) -> dict[str, dict]:
+    """Options to evaluate a bundled model with, from its recipe.json (see ``circuits.zoo.task_options``)."""
+    return task_options(f"zoo:{name}")
 
 
 def scene_size_probes(model: Any, tok: Any, name: str, options: dict, n: int) -> dict[str, dict]:
@@ -52,7 +38,7 @@ def scene_size_probes(model: Any, tok: Any, name: str, options: dict, n: int) ->
     a test that the colour is found by content, not by position)."""
     from circuits.zoo.evaluate import evaluate_tasks
 
-    sizes = recipe_task_options(name).get("colored_objects", {}).get("n_objects", 3)
+    sizes = recipe(name).get("task_options", {}).get("colored_objects", {}).get("n_objects", 3)
     out = {}
     for k in (sizes if isinstance(sizes, (list, tuple)) else [sizes]):
         r = evaluate_tasks(model, tok, {"colored_objects": {**options, "n_objects": k}}, n=n)
@@ -63,7 +49,6 @@ def scene_size_probes(model: Any, tok: Any, name: str, options: dict, n: int) ->
 def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
     """Measured numbers for each bundled model (loaded through load_model, on CPU)."""
     from circuits.models import load_model
-    from circuits.zoo import toyworld
     from circuits.zoo.evaluate import evaluate_reasoner, evaluate_tasks
 
     names = names or list_zoo()
@@ -72,7 +57,7 @@ def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
         model = load_model(f"zoo:{name}", device="cpu")
         tok = model.tokenizer
         if name.startswith("toyworld"):
-            tasks = trained_tasks(name, toyworld.EVAL_TASKS)
+            tasks = trained_tasks(name)
             out[name] = {"tasks": evaluate_tasks(model, tok, tasks, n=n)}
             if name == "toyworld":
                 out[name]["probes"] = scene_size_probes(model, tok, name, tasks["colored_objects"], n)

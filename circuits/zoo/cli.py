@@ -35,7 +35,7 @@ def _check(names: list[str], write_cards: bool = False) -> int:
     return 0 if all(ok for _, ok, _ in rows) else 1
 
 
-RECIPES = {"toyworld": "circuits.zoo.toyworld", "reasoner": "circuits.zoo.reasoner"}
+RECIPES = {"toyworld": "circuits.zoo.recipes.toyworld", "reasoner": "circuits.zoo.recipes.reasoner"}
 
 
 def _run_recipe(name: str, out: str) -> str:

@@ -51,8 +51,8 @@ def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242
     import random
     from collections import Counter
 
-    from circuits.zoo import arithmetic as ar
-    from circuits.zoo import reasoner
+    from circuits.zoo.recipes import arithmetic as ar
+    from circuits.zoo.recipes import reasoner
 
     rng = random.Random(seed)
     problems = [ar.sample_problem(rng) for _ in range(n)]

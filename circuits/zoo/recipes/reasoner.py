@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits import compat
-from circuits.zoo import arithmetic as ar
-from circuits.zoo import corpus
-from circuits.zoo.train import TrainSettings, train
+from circuits.zoo.recipes import arithmetic as ar
+from circuits.zoo.recipes import corpus
+from circuits.zoo.recipes.train import TrainSettings, train
 
 SEED = 0
 TEMPERATURE = 1.0
@@ -185,11 +185,11 @@ def build(out_dir: str | Path, seed: int = SEED) -> dict[str, Any]:
     import copy
     import time
 
-    from circuits.zoo.save import save_zoo_model
+    from circuits.zoo.recipes.save import save_zoo_model
 
     out_dir = Path(out_dir)
     tok = make_tokenizer()
-    common = {"recipe": "circuits.zoo.reasoner", "seed": seed, "model": MODEL, "temperature": TEMPERATURE,
+    common = {"recipe": "circuits.zoo.recipes.reasoner", "seed": seed, "model": MODEL, "temperature": TEMPERATURE,
               "data": {"operands": [3, 4], "operand_max": ar.OPERAND_MAX, "max_value": ar.MAX_VALUE}}
     model = make_model(tok, seed)
     s = TrainSettings(**BASE)

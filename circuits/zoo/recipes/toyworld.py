@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from circuits.zoo import corpus
-from circuits.zoo.train import TrainSettings, train
+from circuits.zoo.recipes import corpus
+from circuits.zoo.recipes.train import TrainSettings, train
 
 # task -> (share of the training mixture, build options). Zoo-specific options keep
 # answers single tokens in the word-level vocabulary and the model small.
@@ -130,7 +130,7 @@ def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
 
     ``steps`` shortens the first phase (quick experiments); ``consolidate=False`` skips the
     second (CONSOLIDATION)."""
-    from circuits.zoo.save import save_zoo_model
+    from circuits.zoo.recipes.save import save_zoo_model
 
     torch.manual_seed(seed)
     tok = make_tokenizer()
@@ -139,9 +139,10 @@ def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
     n_rows = min(MAX_ROWS, s.steps * BATCH_SIZE)
     seqs = make_corpus(tok, n_rows, seed)
     model = make_model(tok, seed)
-    recipe = {"recipe": "circuits.zoo.toyworld", "seed": seed, "model": MODEL, "settings": {**SETTINGS, "steps": s.steps},
+    recipe = {"recipe": "circuits.zoo.recipes.toyworld", "seed": seed, "model": MODEL, "settings": {**SETTINGS, "steps": s.steps},
               "batch_size": BATCH_SIZE, "mixture": {k: v[0] for k, v in MIXTURE.items()},
-              "task_options": {k: v[1] for k, v in MIXTURE.items()}, "training_rows": n_rows}
+              "task_options": {k: v[1] for k, v in MIXTURE.items()}, "eval_task_options": EVAL_TASKS,
+              "training_rows": n_rows}
 
     def on_ckpt(step: int, m) -> None:
         if step < s.steps:
@@ -160,7 +161,7 @@ def build(out_dir: str | Path, seed: int = SEED, steps: int | None = None,
     return recipe
 
 
-if __name__ == "__main__":  # quick experiment: python -m circuits.zoo.toyworld OUT [steps]
+if __name__ == "__main__":  # quick experiment: python -m circuits.zoo.recipes.toyworld OUT [steps]
     import sys
 
     from circuits.zoo.evaluate import evaluate_tasks
