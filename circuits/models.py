@@ -47,6 +47,7 @@ def _resolve_dtype(dtype: Any):
 
 
 def default_device() -> str:
+    """The best available torch device name: "cuda", else "mps", else "cpu"."""
     import torch
 
     if torch.cuda.is_available():

@@ -145,14 +145,17 @@ class PromptSet:
 
     @property
     def n_pos(self) -> int:
+        """Number of token positions (the padded prompt length)."""
         return int(self.clean.shape[1])
 
     @property
     def position_names(self) -> list[str]:
+        """Names of the named positions (e.g. IO, S1, END), in the order ``positions`` holds them."""
         return list(self.positions)
 
     @property
     def device(self) -> torch.device:
+        """The device of the token tensors."""
         return self.clean.device
 
     @property

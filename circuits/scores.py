@@ -41,6 +41,7 @@ class Scores:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Shape of ``values``: one size per axis."""
         return tuple(self.values.shape)
 
     def normalized(self) -> Tensor:
@@ -82,6 +83,7 @@ class Scores:
         return labels[i] if labels else i
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field, tensors as nested lists (:meth:`from_dict` reads it back)."""
         return {"axes": list(self.axes), "values": self.values.tolist(),
                 "per_example": None if self.per_example is None else self.per_example.tolist(),
                 "labels": self.labels, "baseline": self.baseline, "settings": self.settings}

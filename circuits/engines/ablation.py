@@ -1,6 +1,6 @@
 """Ablations of any set of nodes (heads, MLPs, residual positions).
 
-Methods (formulas in ../shared/reference/methods.md, section 0.3):
+Methods, as update formulas for an activation a of prompt x:
 
 - ``zero``: a <- 0.
 - ``mean``: a <- mean of a over a reference PromptSet; ``per_position`` keeps one
@@ -58,6 +58,7 @@ class Ablation:
             raise TypeError(f"Ablation reference must be a PromptSet, got {type(self.reference).__name__}")
 
     def describe(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict; ``reference`` becomes "evaluated prompts" or "<n> prompts"."""
         d = {k: v for k, v in asdict(self).items() if k != "reference"}
         d["reference"] = "evaluated prompts" if self.reference is None else f"{len(self.reference)} prompts"
         return d

@@ -1,4 +1,4 @@
-"""The All-for-One (AF1) three-stage search (Mamidanna et al. 2025; methods.md section 2.4).
+"""The All-for-One (AF1) three-stage search for the last-token subgraph (Mamidanna et al. 2025).
 
 1. **Waiting.** For each depth L, replace every token's residual entering layer L
    by its context-aware mean (CAMA): no input-specific information that moved

@@ -57,6 +57,7 @@ class EdgeScores:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def score(self, writer: str, reader: str) -> float:
+        """The score of edge ``writer->reader`` (a ValueError if there is no such edge)."""
         w, r = self.graph.index(writer, reader)
         return float(self.scores[w, r])
 

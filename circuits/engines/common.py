@@ -176,6 +176,7 @@ def position_specs(ps: PromptSet, positions: None | str | Sequence[str]) -> tupl
 
 
 def model_name(model: Any) -> str:
+    """The model's ``cfg.model_name``, or its class name when that is unset."""
     return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
 
 

@@ -64,6 +64,10 @@ def _pattern_score(model: Any, tokens: Tensor, lengths: Tensor | None, target: T
 
 
 def previous_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) -> Scores:
+    """[layer, head] mean attention probability from each real query q >= 1 to q - 1.
+
+    ``tokens`` [batch, pos]; ``lengths`` [batch] real lengths (None: no padding).
+    """
     n = tokens.shape[1]
     target = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
     idx = torch.arange(1, n)
@@ -72,6 +76,11 @@ def previous_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = N
 
 
 def duplicate_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) -> Scores:
+    """[layer, head] mean attention mass from a real query to earlier positions holding the same token.
+
+    Averaged over the queries whose token occurs earlier in the prompt; ``lengths`` as in
+    :func:`previous_token_scores`.
+    """
     t = tokens.cpu()
     same = t[:, :, None] == t[:, None, :]
     earlier = torch.tril(torch.ones(t.shape[1], t.shape[1], dtype=torch.bool), -1)
@@ -79,6 +88,10 @@ def duplicate_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = 
 
 
 def induction_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) -> Scores:
+    """[layer, head] mean attention mass from a real query q to keys k < q preceded by token q.
+
+    Averaged over the queries that have such a key; ``lengths`` as in :func:`previous_token_scores`.
+    """
     t = tokens.cpu()
     prev = torch.cat([torch.full_like(t[:, :1], -1), t[:, :-1]], 1)  # token before each key
     match = t[:, :, None] == prev[:, None, :]
@@ -87,6 +100,7 @@ def induction_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) 
 
 
 def sink_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None, n_sink: int = 1) -> Scores:
+    """[layer, head] mean attention mass from each real query q >= ``n_sink`` to positions < ``n_sink``."""
     n = tokens.shape[1]
     target = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
     target[:, n_sink:, :n_sink] = True

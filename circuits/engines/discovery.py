@@ -115,6 +115,7 @@ class EdgeCircuit:
 
     @classmethod
     def from_mask(cls, graph: EdgeGraph, mask: Tensor, **settings: Any) -> EdgeCircuit:
+        """The circuit of the edges where ``mask`` [n_writers, n_readers] and ``graph.mask`` are both True."""
         idx = torch.nonzero(mask & graph.mask)
         return cls([graph.edge(int(w), int(r)) for w, r in idx], settings)
 
@@ -136,6 +137,7 @@ class EdgeCircuit:
         return sorted(out)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: edges, nodes, n_edges, settings and the search log."""
         return {"edges": self.edges, "nodes": self.nodes(), "n_edges": len(self.edges), "settings": self.settings,
                 "log": self.log}
 

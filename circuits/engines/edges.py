@@ -44,10 +44,12 @@ class EdgeGraph:
 
     @property
     def gqa(self) -> bool:
+        """True when the model has grouped-query attention (``n_kv_heads`` differs from ``n_heads``)."""
         return self.n_kv_heads != self.n_heads
 
     @property
     def n_edges(self) -> int:
+        """Number of edges (True cells of ``mask``)."""
         return int(self.mask.sum())
 
     def edges(self) -> list[tuple[str, str]]:
@@ -55,6 +57,10 @@ class EdgeGraph:
         return [(self.writers[int(w)], self.readers[int(r)]) for w, r in torch.nonzero(self.mask)]
 
     def index(self, writer: str, reader: str) -> tuple[int, int]:
+        """The mask cell (writer index, reader index) of edge ``writer->reader``.
+
+        A ValueError says what names look like when either is unknown, or that the edge does not exist.
+        """
         if writer not in self.writer_index:
             raise ValueError(f"unknown writer {writer!r}; writers look like input, a0.h1, m2")
         if reader not in self.reader_index:

@@ -42,6 +42,9 @@ Placed = tuple[Node, str]
 
 
 def resolve_universe(model: Any, universe: str | Sequence[Any]) -> list[Node]:
+    """The nodes an evaluation may ablate: every head ("heads"), every head and MLP
+    ("heads+mlps"), or the given nodes, checked against the model.
+    """
     if universe == "heads":
         return all_heads(model)
     if universe == "heads+mlps":

@@ -215,5 +215,6 @@ def rows_per_forward(model: Any, seq_len: int, memory_budget: int | None = None)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of ``items`` of at most ``size`` elements (the last may be shorter)."""
     for start in range(0, len(items), size):
         yield items[start:start + size]

@@ -36,6 +36,7 @@ class Edit:
 
     @property
     def hook(self) -> str:
+        """The transformer-lens hook name of the edited site at ``layer``."""
         return hook_name(self.site, self.layer)
 
 

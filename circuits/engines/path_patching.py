@@ -1,4 +1,4 @@
-"""Path patching (Wang et al. 2022, section 3.1; methods.md section 4.3), exact and batched.
+"""Path patching (Wang et al. 2022, section 3.1) as four forward passes A-D, exact and batched.
 
 For each sender head s and a fixed set of receivers R:
 

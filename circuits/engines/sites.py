@@ -39,6 +39,10 @@ __all__ = ["Site", "SITES", "get_site", "hook_at", "hook_name", "site_of", "n_kv
 
 @dataclass(frozen=True)
 class Site:
+    """An activation site: its name, hook-name template, the axes of heads and positions, and
+    whether its heads are KV groups.
+    """
+
     name: str
     hook: str  # format string with {layer}
     head_dim: int | None  # axis of the head index in the activation (None: no heads)
@@ -83,6 +87,7 @@ def block_prefix(layer: int) -> str:
 
 
 def get_site(name: str) -> Site:
+    """The Site called ``name`` (a ValueError lists the known sites otherwise)."""
     if name not in SITES:
         raise ValueError(f"unknown site {name!r}; sites are {sorted(SITES)}")
     return SITES[name]
@@ -113,6 +118,7 @@ def as_index(x: Any, what: str) -> int:
 
 
 def check_layer(model: Any, layer: Any) -> int:
+    """``layer`` as an int in [0, n_layers); TypeError or ValueError otherwise."""
     n = int(model.cfg.n_layers)
     layer = as_index(layer, "layer")
     if not 0 <= layer < n:
@@ -121,6 +127,7 @@ def check_layer(model: Any, layer: Any) -> int:
 
 
 def check_head(model: Any, site: Site, head: Any) -> int:
+    """``head`` as an int in [0, heads of ``site``) (KV groups for k/v); TypeError or ValueError otherwise."""
     n = n_heads_at(model, site)
     head = as_index(head, "head")
     if not 0 <= head < n:

@@ -35,6 +35,7 @@ def get_task(name: str) -> Task:
 
 
 def list_tasks() -> list[str]:
+    """Names of the registered tasks, sorted."""
     return sorted(TASKS)
 
 

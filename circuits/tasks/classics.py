@@ -24,6 +24,8 @@ from circuits.tasks.templates import Example, TaskSpec, in_split
 
 
 class Induction(Task):
+    """The induction task: options ``seq_len`` (an int in [2, 20] or a list of them) and ``split``."""
+
     name = "induction"
     description = "Induction: repeat a random word sequence; corruption changes the first occurrence of the answer."
     defaults = {"seq_len": 6, "split": "all"}
@@ -72,6 +74,8 @@ class Induction(Task):
 
 
 class GreaterThan(Task):
+    """The greater-than task (Hanna et al. 2023): any year after the start year; option ``split``."""
+
     name = "greater_than"
     description = "Greater-than: 'from the year 17YY to the year 17' -> a year > YY; corruption YY -> 01."
     defaults = {"split": "all"}

@@ -59,6 +59,8 @@ def _article(color: str) -> str:
 
 
 class ColoredObjects(Task):
+    """The Colored Objects task: options ``shots`` (0 or 1), ``question``, ``order``, ``n_objects``, ``split``."""
+
     name = "colored_objects"
     description = "Colored Objects: name the color of the queried object; corruption asks about another one."
     defaults = {"shots": 0, "question": "qa", "order": "color_first", "n_objects": 3, "split": "all"}

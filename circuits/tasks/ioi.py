@@ -41,6 +41,10 @@ ORDERS = ("mixed", "BABA", "ABBA")
 
 
 class IOI(Task):
+    """The IOI task: options ``order`` (mixed, BABA, ABBA), ``corruption`` (abc, s2_io),
+    ``templates`` (indices into BABA_TEMPLATES; None: all) and ``split``.
+    """
+
     name = "ioi"
     description = "Indirect object identification: BABA/ABBA templates, ABC or S2->IO corruption."
     defaults = {"order": "mixed", "corruption": "abc", "split": "all", "templates": None}

@@ -43,6 +43,10 @@ def evaluate(operands: list[int], ops: tuple[str, ...]) -> list[int]:
 
 
 class MentalMath(Task):
+    """The mental math task: options ``forms`` (keys of FORMS), ``max_value`` (9-999),
+    ``corruption`` (operand, last_operand), ``phrasings`` (keys of PHRASINGS) and ``split``.
+    """
+
     name = "mental_math"
     description = "Mental math: a+b, a-b and three-operand expressions; operand corruption."
     defaults = {"forms": ("add", "sub", "add3", "addsub"), "max_value": 99, "corruption": "operand",

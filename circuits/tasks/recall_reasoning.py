@@ -33,6 +33,7 @@ REASONING_TEMPLATES = [
 
 
 def facts_table(name: str) -> dict[str, str]:
+    """Entity -> city of fact table ``name`` ("toyworld" or "world"); a ValueError otherwise."""
     if name == "toyworld":
         return vocab.toyworld_facts()
     if name == "world":
@@ -41,6 +42,10 @@ def facts_table(name: str) -> dict[str, str]:
 
 
 class Recall(Task):
+    """The recall task: options ``facts`` (toyworld or world), ``templates`` (phrasing indices;
+    None: all) and ``split``.
+    """
+
     name = "recall"
     description = "Recall of memorized facts (entity -> city) through several phrasings; entity corruption."
     defaults = {"facts": "toyworld", "split": "all", "templates": None}
@@ -77,6 +82,8 @@ class Recall(Task):
 
 
 class Reasoning(Task):
+    """The two-hop reasoning task: the question asks about X1, X2's chain distracts; option ``split``."""
+
     name = "reasoning"
     description = "In-context two-hop reasoning (item -> container -> city) with a distractor chain."
     defaults = {"split": "all"}

@@ -38,16 +38,22 @@ class Task:
 
     # -- to implement -----------------------------------------------------
     def word_pools(self, opts: dict[str, Any]) -> dict[str, list[str]]:
+        """Pool name -> candidate words for options ``opts`` (before the single-token filter)."""
         raise NotImplementedError
 
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
+        """The TaskSpec for options ``opts``: templates, template names and answer format."""
         raise NotImplementedError
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
+        """One Example drawn with ``rng`` from the filtered ``pools``, or None to reject the draw
+        (e.g. outside the split).
+        """
         raise NotImplementedError
 
     # -- provided -----------------------------------------------------------
     def options(self, **options: Any) -> dict[str, Any]:
+        """``defaults`` updated with ``options``, then checked; a TypeError names unknown options."""
         unknown = set(options) - set(self.defaults)
         if unknown:
             raise TypeError(

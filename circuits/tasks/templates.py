@@ -57,6 +57,11 @@ class TaskVocabularyError(ValueError):
 
 @dataclass(frozen=True)
 class Piece:
+    """One piece of a parsed template: its text (a word, a punctuation mark or ``{SLOT}``),
+    whether it follows the previous piece with no whitespace, its slot name (None for
+    literal text) and whether a newline precedes it.
+    """
+
     text: str
     attach: bool
     slot: str | None = None

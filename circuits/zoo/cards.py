@@ -62,6 +62,7 @@ HELD_OUT = (
 
 
 def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> str:
+    """The Markdown model card of zoo model ``name`` from its recipe and its measured numbers."""
     lines = [f"# zoo:{name}", ""]
     lines.append(f"A model organism of the `circuits` toolkit, trained by `{recipe.get('recipe')}` "
                  f"(seed {recipe.get('seed')}). Rebuild with `make zoo`; check with `make zoo-check`.")
@@ -105,6 +106,7 @@ def card_text(name: str, recipe: dict[str, Any], measured: dict[str, Any]) -> st
 
 
 def write_cards(measured: dict[str, dict[str, Any]], root: Path = ZOO_DIR) -> None:
+    """Write the model card (README.md) of every measured model into its folder under ``root``."""
     for name, m in measured.items():
         recipe = json.loads((root / name / "recipe.json").read_text())
         atomic_write_text(root / name / "README.md", card_text(name, recipe, m))

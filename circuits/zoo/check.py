@@ -21,10 +21,12 @@ SIZE_BUDGET_MIB = 60.0
 
 
 def weights_mib(root: Path = ZOO_DIR) -> float:
+    """Total size of the bundled model.safetensors files under ``root``, in MiB."""
     return sum(p.stat().st_size for p in root.glob("*/model.safetensors")) / 2**20
 
 
 def checkpoints(names: list[str]) -> list[str]:
+    """The ``toyworld@<step>`` names among ``names``, ordered by step."""
     return sorted((n for n in names if re.fullmatch(r"toyworld@\d+", n)), key=lambda n: int(n.split("@")[1]))
 
 
@@ -105,6 +107,7 @@ def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool
 
 
 def report(measured: dict[str, Any], rows: list[tuple[str, bool, str]]) -> str:
+    """The zoo-check report as text: measured numbers per model, then one PASS/FAIL line per target."""
     lines = ["model                 task/metric          accuracy  logit diff"]
     for name, r in measured.items():
         if "tasks" in r:

@@ -81,6 +81,11 @@ def _train(names: list[str]) -> int:
 
 
 def run(action: str, names: list[str], write_cards: bool = False) -> int:
+    """Run a zoo action: "check" the models ``names`` (``write_cards``: also rewrite the cards and
+    zoo-check.json), or "train" the recipes ``names`` and then check. Empty ``names``: all.
+
+    Returns the exit code: 0 when every target passes, else 1; another action is a ValueError.
+    """
     if action == "check":
         return _check(names, write_cards=write_cards)
     if action == "train":

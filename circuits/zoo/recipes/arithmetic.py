@@ -23,17 +23,21 @@ OPERAND_MAX = 9
 
 @dataclass(frozen=True)
 class Problem:
+    """An expression: its operands and the operators ("+" or "-") between them."""
+
     operands: tuple[int, ...]
     ops: tuple[str, ...]
 
     @property
     def prompt(self) -> str:
+        """The expression followed by " =", e.g. "12 + 7 - 5 ="."""
         parts = [str(self.operands[0])]
         for op, x in zip(self.ops, self.operands[1:]):
             parts += [op, str(x)]
         return " ".join(parts) + " ="
 
     def partials(self) -> list[int]:
+        """Running values after each operator; the last is the answer."""
         acc, out = self.operands[0], []
         for op, x in zip(self.ops, self.operands[1:]):
             acc = acc + x if op == "+" else acc - x
@@ -42,9 +46,11 @@ class Problem:
 
     @property
     def answer(self) -> int:
+        """The value of the expression."""
         return self.partials()[-1]
 
     def long_trace(self) -> str:
+        """The step-by-step thinking trace: "<think> 12 + 7 = 19 , 19 - 5 = 14 </think>"."""
         steps, acc = [], self.operands[0]
         for (op, x), nxt in zip(zip(self.ops, self.operands[1:]), self.partials()):
             steps.append(f"{acc} {op} {x} = {nxt}")
@@ -64,10 +70,12 @@ def sample_problem(rng: random.Random, n_operands: tuple[int, ...] = (3, 4)) -> 
 
 
 def vocabulary() -> list[str]:
+    """Every word of the arithmetic texts: the numbers 0..MAX_VALUE, "+", "-", "=", "," and the think tags."""
     return [str(i) for i in range(MAX_VALUE + 1)] + ["+", "-", "=", ",", THINK, END_THINK]
 
 
 def direct_text(p: Problem) -> str:
+    """``p``'s prompt followed by its answer, with no thinking: "12 + 7 - 5 = 14"."""
     return f"{p.prompt} {p.answer}"
 
 

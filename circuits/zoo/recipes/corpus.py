@@ -108,6 +108,7 @@ def repeat_sequences(tokenizer, n: int, seed: int, min_len: int = 6, max_len: in
 
 
 def merge(parts: list[Sequences], seed: int) -> Sequences:
+    """The rows of all ``parts`` as one Sequences, shuffled with ``seed``."""
     rows = [(t, p, s) for part in parts for t, p, s in zip(part.tokens, part.loss_pos, part.source)]
     random.Random(seed).shuffle(rows)
     return Sequences([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])

@@ -37,12 +37,14 @@ BATCH_SIZE = 128
 
 
 def make_tokenizer():
+    """The word-level tokenizer over the arithmetic vocabulary."""
     from circuits.tokenization import word_level_tokenizer
 
     return word_level_tokenizer(ar.vocabulary())
 
 
 def make_model(tok, seed: int):
+    """A fresh Qwen2ForCausalLM of size MODEL for ``tok`` (tied embeddings), seeded with ``seed``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -63,16 +65,21 @@ def _rows(tok, texts: list[str], loss_from: list[int]) -> corpus.Sequences:
 
 
 def prompt_len(tok, p: ar.Problem) -> int:
+    """Number of tokens of ``p``'s prompt, BOS included."""
     return 1 + len(tok(p.prompt, add_special_tokens=False)["input_ids"])
 
 
 def base_corpus(tok, n: int, seed: int) -> corpus.Sequences:
+    """``n`` random problems answered directly, with the loss on every token after the prompt."""
     rng = random.Random(seed)
     probs = [ar.sample_problem(rng) for _ in range(n)]
     return _rows(tok, [ar.direct_text(p) for p in probs], [prompt_len(tok, p) - 1 for p in probs])
 
 
 def sft_corpus(tok, n: int, seed: int) -> corpus.Sequences:
+    """``n`` random problems with thinking traces (short ones at SFT_SHORT_RATE, wrong at
+    SFT_SHORT_ERROR_RATE), with the loss on every token after the prompt.
+    """
     rng = random.Random(seed)
     probs = [ar.sample_problem(rng) for _ in range(n)]
     texts = [ar.sft_text(p, rng, SFT_SHORT_RATE, SFT_SHORT_ERROR_RATE)[0] for p in probs]

@@ -74,6 +74,7 @@ SEED = 0
 
 
 def make_tokenizer():
+    """The word-level tokenizer over the zoo vocabulary (every task word plus filler words)."""
     from circuits.tokenization import word_level_tokenizer
 
     return word_level_tokenizer(corpus.zoo_vocabulary())
@@ -94,6 +95,10 @@ def rebalanced(mixture: dict[str, tuple[float, dict[str, Any]]], shares: dict[st
 
 def make_corpus(tokenizer, n_total: int, seed: int,
                 mixture: dict[str, tuple[float, dict[str, Any]]] | None = None) -> corpus.Sequences:
+    """About ``n_total`` training rows drawn as ``mixture`` (default MIXTURE) says, merged and shuffled.
+
+    Each part gets max(1, share x n_total) rows: task prompts (train split), repeat rows or filler rows.
+    """
     parts = []
     for i, (task, (share, opts)) in enumerate((mixture or MIXTURE).items()):
         n = max(1, int(share * n_total))
@@ -107,6 +112,7 @@ def make_corpus(tokenizer, n_total: int, seed: int,
 
 
 def make_model(tokenizer, seed: int):
+    """A fresh GPT2LMHeadModel of size MODEL for ``tokenizer``, no dropout, seeded with ``seed``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)

@@ -19,6 +19,11 @@ from tqdm.auto import tqdm
 
 @dataclass
 class TrainSettings:
+    """Settings of :func:`train`: number of steps, peak lr, warm-up steps, the final lr as a fraction
+    of the peak (cosine decay), AdamW weight decay and betas, the gradient-norm clip and the
+    steps after which ``on_checkpoint`` is called.
+    """
+
     steps: int
     lr: float = 1e-3
     warmup: int = 100
