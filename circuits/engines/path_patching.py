@@ -69,6 +69,80 @@ def _freeze_hook(base: torch.Tensor, keep_tiles: list[int], n: int):
     return hook
 
 
+class GenericPasses:
+    """Wang et al.'s passes C and D for one chunk of senders in the same layer, done literally
+    (every attention output frozen at its base value except the sender's; MLPs recomputed or frozen)."""
+
+    def __init__(self, replay: BlockReplay, src_store: dict, heads_recv: list, freeze_mlps: bool, group: int,
+                 s_pos: torch.Tensor | None, r_pos: torch.Tensor | None):
+        self.replay, self.src_store, self.heads_recv = replay, src_store, heads_recv
+        self.freeze_mlps, self.group, self.s_pos, self.r_pos = freeze_mlps, group, s_pos, r_pos
+        self.b = replay.tokens.shape[0]
+        self.n_layers = len(replay.model.blocks)
+
+    def pass_c_hooks(self, chunk: list[Node]) -> list[forward.Hook]:
+        """Freeze attention outputs (except each tile's sender layer) and optionally MLPs; patch each
+        tile's sender head from the source run."""
+        n, b, base_store = len(chunk), self.b, self.replay.store
+        hooks: list[forward.Hook] = []
+        for layer in range(self.n_layers):
+            own = [t for t, s in enumerate(chunk) if s.layer == layer]
+            hooks.append((hook_at("attn_out", layer), _freeze_hook(base_store[hook_at("attn_out", layer)], own, n)))
+            if self.freeze_mlps:
+                hooks.append((hook_at("mlp_out", layer), _freeze_hook(base_store[hook_at("mlp_out", layer)], [], n)))
+            if own:
+                def patch_z(act, hook, own=own, layer=layer):
+                    a = act.clone().reshape(n, b, *act.shape[1:])
+                    src = self.src_store[hook_at("z", layer)]
+                    for t in own:
+                        h = chunk[t].head
+                        if self.s_pos is None:
+                            a[t, :, :, h] = src[:, :, h]
+                        else:
+                            rows = torch.nonzero(self.s_pos >= 0).flatten()
+                            a[t, rows, self.s_pos[rows], h] = src[rows, self.s_pos[rows], h]
+                    return a.reshape(act.shape)
+                hooks.append((hook_at("z", layer), patch_z))
+        return hooks
+
+    def logits(self, chunk: list[Node]) -> torch.Tensor:
+        """END logits [n, b, vocab] of pass D (pass C's logits for the logits receiver)."""
+        n, b, base_store = len(chunk), self.b, self.replay.store
+        hooks = self.pass_c_hooks(chunk)
+        start = min(s.layer for s in chunk)
+        if not self.heads_recv:
+            return self.replay.end_logits_from(start, n, hooks).reshape(n, b, -1)
+        inputs = sorted({(layer, "qkv".index(c), c) for layer, _, c in self.heads_recv})  # in firing order
+        names = [hook_at(c, layer) for layer, _, c in inputs]
+        got: dict[str, torch.Tensor] = {}
+        capture = []
+        for nm in names:
+            def cap(act, hook, nm=nm):
+                got[nm] = act.detach().clone()
+            capture.append((nm, cap))
+        self.replay.run_until(start, n, hooks + capture, names[-1])  # the receiver input that fires last
+        # pass D: only the receivers' inputs take pass C's values
+        d_hooks = []
+        for (layer, _, comp), name in zip(inputs, names):
+            idx = sorted({h if comp == "q" else h // self.group
+                          for ly, h, c in self.heads_recv if ly == layer and c == comp})
+
+            def set_recv(act, hook, name=name, idx=idx):
+                a = act.clone()
+                # a receiver at or before the chunk's sender layer has no path from it: base input
+                c = got[name] if name in got else forward.tile(base_store[name], n)
+                if self.r_pos is None:
+                    a[:, :, idx] = c[:, :, idx]
+                else:
+                    rows = torch.nonzero(forward.tile(self.r_pos, n) >= 0).flatten()
+                    p = forward.tile(self.r_pos, n)[rows]
+                    for h in idx:
+                        a[rows, p, h] = c[rows, p, h]
+                return a
+            d_hooks.append((name, set_recv))
+        return self.replay.end_logits_from(inputs[0][0], n, d_hooks).reshape(n, b, -1)
+
+
 @torch.no_grad()
 def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, senders: Sequence[Any] | None = None,
                   metric: str | Metric = "logit_diff", direction: str = "noise", freeze_mlps: bool = False,
@@ -166,60 +240,9 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                 for t, snd_t in enumerate(chunk):
                     per[snd_t.layer, snd_t.head] = run.evaluate(logits[t]).cpu()
             one_layer, groups = direct.one_layer, []
+        passes = GenericPasses(replay, src_store, heads_recv, freeze_mlps, group, s_pos, r_pos)
         for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
-            n = len(chunk)
-            # pass C: freeze attention (except each tile's sender layer) and optionally MLPs
-            hooks: list[forward.Hook] = []
-            for layer in range(n_layers):
-                own = [t for t, s in enumerate(chunk) if s.layer == layer]
-                hooks.append((attn_names[layer], _freeze_hook(base_store[attn_names[layer]], own, n)))
-                if freeze_mlps:
-                    hooks.append((mlp_names[layer], _freeze_hook(base_store[mlp_names[layer]], [], n)))
-                if own:
-                    def patch_z(act, hook, own=own, layer=layer, n=n, chunk=chunk):
-                        a = act.clone().reshape(n, b, *act.shape[1:])
-                        src = src_store[z_names[layer]]
-                        for t in own:
-                            h = chunk[t].head
-                            if s_pos is None:
-                                a[t, :, :, h] = src[:, :, h]
-                            else:
-                                rows = torch.nonzero(s_pos >= 0).flatten()
-                                a[t, rows, s_pos[rows], h] = src[rows, s_pos[rows], h]
-                        return a.reshape(act.shape)
-                    hooks.append((z_names[layer], patch_z))
-            start = min(s.layer for s in chunk)
-            if recv == ["logits"]:
-                logits = replay.end_logits_from(start, n, hooks).reshape(n, b, -1)
-            else:
-                inputs = sorted({(layer, "qkv".index(c), c) for layer, _, c in heads_recv})  # in firing order
-                names = [hook_at(c, layer) for layer, _, c in inputs]
-                got: dict[str, torch.Tensor] = {}
-                capture = []
-                for nm in names:
-                    def cap(act, hook, nm=nm, got=got):
-                        got[nm] = act.detach().clone()
-                    capture.append((nm, cap))
-                replay.run_until(start, n, hooks + capture, names[-1])  # the receiver input that fires last
-                # pass D: only the receivers' inputs take pass C's values
-                d_hooks = []
-                for (layer, _, comp), name in zip(inputs, names):
-                    idx = sorted({h if comp == "q" else h // group for ly, h, c in heads_recv if ly == layer and c == comp})
-
-                    def set_recv(act, hook, name=name, idx=idx, got=got, n=n):
-                        a = act.clone()
-                        # a receiver at or before the chunk's sender layer has no path from it: base input
-                        c = got[name] if name in got else forward.tile(base_store[name], n)
-                        if r_pos is None:
-                            a[:, :, idx] = c[:, :, idx]
-                        else:
-                            rows = torch.nonzero(forward.tile(r_pos, n) >= 0).flatten()
-                            p = forward.tile(r_pos, n)[rows]
-                            for h in idx:
-                                a[rows, p, h] = c[rows, p, h]
-                        return a
-                    d_hooks.append((name, set_recv))
-                logits = replay.end_logits_from(inputs[0][0], n, d_hooks).reshape(n, b, -1)
+            logits = passes.logits(chunk)
             for t, s in enumerate(chunk):
                 per[s.layer, s.head] = run.evaluate(logits[t]).cpu()
 
