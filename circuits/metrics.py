@@ -110,6 +110,16 @@ def accuracy(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
     return _reduce(ok.float(), reduce)
 
 
+def counterfactual_accuracy(logits: Logits, ps: PromptSet, reduce: str = "mean") -> Tensor:
+    """Top-1 accuracy of the *corrupted* prompts' END logits against their own answers
+    (``ps.corrupted_answers``): does the model read the question, or answer what every
+    clean prompt shares?"""
+    if ps.corrupted_answers is None:
+        raise ValueError(f"task {ps.task!r}: its corrupted prompts have no answer of their own")
+    top = end_logits(logits, ps).argmax(-1)
+    return _reduce((top == ps.corrupted_answers.to(top.device)).float(), reduce)
+
+
 def kl_rows(logits: Float[Tensor, "batch vocab"], reference: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
     """KL(reference || logits) per row, in nats (the one KL implementation; float32 or wider)."""
     lr, lq = reference.float().log_softmax(-1), logits.float().log_softmax(-1)

@@ -15,6 +15,11 @@ Conventions
   ``logit[answer] - logit[wrong]`` read at END.
 * Optional ``answer_candidates`` [k] with ``answer_mask`` [batch, k] describe
   tasks whose correct answer is a *set* of tokens (greater-than).
+* Optional ``corrupted_answers`` [batch]: the correct answer of each *corrupted*
+  prompt, where the corruption asks a question of its own (colored objects asks
+  about another object, reasoning about the other item). Scoring the corrupted
+  prompts against them shows whether a model reads the question or answers from a
+  property every clean prompt shares.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class PromptSet:
     group_names: list[str] = field(default_factory=list)
     answer_candidates: Int[Tensor, " k"] | None = None
     answer_mask: Bool[Tensor, "batch k"] | None = None
+    corrupted_answers: Int[Tensor, " batch"] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +84,8 @@ class PromptSet:
         if self.answer_candidates is not None:
             self.answer_candidates = _as_long(self.answer_candidates)
             self.answer_mask = torch.as_tensor(self.answer_mask, dtype=torch.bool)
+        if self.corrupted_answers is not None:
+            self.corrupted_answers = _as_long(self.corrupted_answers)
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -99,9 +107,9 @@ class PromptSet:
                 f"clean tokens {tuple(self.clean.shape)} and corrupted tokens "
                 f"{tuple(self.corrupted.shape)} differ in shape; pairs must align position by position"
             )
-        for name in ("answers", "wrong_answers", "lengths", "groups"):
+        for name in ("answers", "wrong_answers", "lengths", "groups", "corrupted_answers"):
             t = getattr(self, name)
-            if t.shape != (b,):
+            if t is not None and t.shape != (b,):
                 raise ValueError(f"{name} must have shape ({b},), got {tuple(t.shape)}")
         for name, pos in self.positions.items():
             if pos.shape != (b,):
@@ -237,6 +245,7 @@ class PromptSet:
             group_names=list(self.group_names),
             answer_candidates=None if cands is None else (cands if rows_only else fn(cands)),
             answer_mask=None if self.answer_mask is None else fn(self.answer_mask),
+            corrupted_answers=None if self.corrupted_answers is None else fn(self.corrupted_answers),
             provenance=dict(self.provenance),
         )
 
@@ -264,6 +273,7 @@ class PromptSet:
             "group_names": self.group_names,
             "answer_candidates": lst(self.answer_candidates),
             "answer_mask": lst(self.answer_mask),
+            "corrupted_answers": lst(self.corrupted_answers),
             "provenance": self.provenance,
         }
 

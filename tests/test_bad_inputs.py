@@ -303,7 +303,7 @@ def test_bad_numbers_are_named(gpt2, ps, word_tokenizer):
         build_task("ioi", word_tokenizer, 4, seed="abc")
     with pytest.raises(ValueError, match="n must be a positive integer"):
         build_task("ioi", word_tokenizer, n=True)
-    with pytest.raises(ValueError, match="more than the 100000"):
+    with pytest.raises(ValueError, match="more than the 1000000"):
         build_task("ioi", word_tokenizer, n=10**7)  # refused at once, not after minutes of sampling
     graph = edge_graph(gpt2)
     with pytest.raises(ValueError, match="n must be an integer number of edges"):

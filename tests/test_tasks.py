@@ -225,3 +225,38 @@ def test_colored_objects_variants(options, word_tokenizer):
         build_task("colored_objects", word_tokenizer, n=2, order="object_first", shots=1)
     with pytest.raises(ValueError, match="order"):
         build_task("colored_objects", word_tokenizer, n=2, order="sideways")
+
+
+def test_reasoning_asks_about_either_item_and_its_corruption_about_the_other(word_tokenizer):
+    """No property every clean prompt shares gives the answer away: the question is about the first
+    or the second item, balanced, and the corrupted prompt asks about the other (its own answer)."""
+    ps = build_task("reasoning", word_tokenizer, n=200, seed=0)
+    rows = torch.arange(len(ps))
+    q = ps.clean[rows, ps.positions["Q"]]
+    first = q == ps.clean[rows, ps.positions["X1"]]
+    assert ((q == ps.clean[rows, ps.positions["X2"]]) | first).all()
+    assert 0.4 < first.float().mean() < 0.6
+    qc = ps.corrupted[rows, ps.positions["Q"]]
+    assert (qc != q).all() and torch.equal(ps.corrupted_answers, ps.wrong_answers)
+    # the answer is the city of the asked item's container
+    city = torch.where(first, ps.clean[rows, ps.positions["C1"]], ps.clean[rows, ps.positions["C2"]])
+    assert torch.equal(city, ps.answers)
+
+
+@pytest.mark.parametrize("task, options, has_own", [
+    ("ioi", {}, False), ("ioi", {"corruption": "s2_io"}, True), ("colored_objects", {}, True),
+    ("mental_math", {}, True), ("recall", {}, True), ("reasoning", {}, True), ("induction", {}, True),
+    ("greater_than", {}, False)])
+def test_corrupted_prompts_carry_their_own_answers_where_they_have_one(task, options, has_own, word_tokenizer):
+    from circuits import metrics
+
+    ps = build_task(task, word_tokenizer, n=8, seed=0, **options)
+    assert (ps.corrupted_answers is not None) == has_own
+    if has_own:
+        assert torch.equal(ps.corrupted_answers, ps.wrong_answers)
+        fake = torch.full((len(ps), len(word_tokenizer)), -1.0)
+        fake[torch.arange(len(ps)), ps.answers] = 1.0  # a model that always gives the clean answer
+        assert metrics.counterfactual_accuracy(fake, ps) == 0.0  # the audit catches it
+    else:
+        with pytest.raises(ValueError, match="no answer of their own"):
+            metrics.counterfactual_accuracy(torch.zeros(len(ps), len(word_tokenizer)), ps)

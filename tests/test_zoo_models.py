@@ -50,9 +50,13 @@ def test_plain_transformers_loads_the_checkpoint(name, toyworld):
 
 # Targets the bundled weights are known to miss (see the zoo issue's note). Strict xfail:
 # a target that starts to pass fails this test, so the list cannot go stale.
-KNOWN_SHORTFALLS: dict[str, str] = {}
+_SHORTCUT = ("the bundled toyworld answers the first item's city whatever the question (trained when every "
+             "clean prompt asked about it); retrain pending")
+KNOWN_SHORTFALLS: dict[str, str] = {"toyworld reasoning >= 95%": _SHORTCUT,
+                                    "toyworld reasoning counterfactual >= 95%": _SHORTCUT}
 
-TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [
+COUNTERFACTUAL = ["ioi", "colored_objects", "mental_math", "recall", "reasoning", "induction"]  # corruptions with answers
+TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [f"toyworld {t} counterfactual >= 95%" for t in COUNTERFACTUAL] + [
     "toyworld has >= 4 checkpoints",
     "earliest checkpoint toyworld@200 fails a task (< 60%)",
     "reasoner-sft short thinking in 10-40%",
@@ -96,7 +100,8 @@ def knock_out_end_attention(model, ps):
 
 
 
-@pytest.mark.parametrize("task", IN_CONTEXT)
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=_SHORTCUT))
+                                  if t == "reasoning" else t for t in IN_CONTEXT])
 def test_in_context_tasks_go_through_attention(task, toyworld):
     ps = build_task(task, toyworld.tokenizer, n=100, seed=99, split="test",
                     **trained_tasks("toyworld")[task])

@@ -26,7 +26,8 @@ def answer_vocab(ps: PromptSet, metric: MetricSpec) -> tuple[PromptSet, Tensor |
         return ps, None
     ids, inv = torch.unique(torch.cat([ps.answers, ps.wrong_answers]), return_inverse=True)
     b = len(ps)
-    return replace(ps, answers=inv[:b], wrong_answers=inv[b:], answer_candidates=None, answer_mask=None), ids
+    return replace(ps, answers=inv[:b], wrong_answers=inv[b:], answer_candidates=None, answer_mask=None,
+                   corrupted_answers=None), ids
 
 
 def resolve_metric(metric: str | MetricSpec | Metric) -> MetricSpec:
@@ -109,7 +110,7 @@ def check_fits(model: Any, ps: PromptSet, what: str = "PromptSet") -> None:
 
     ps.validate()
     vocab = int(model.cfg.d_vocab)
-    for name in ("clean", "corrupted", "answers", "wrong_answers", "answer_candidates"):
+    for name in ("clean", "corrupted", "answers", "wrong_answers", "answer_candidates", "corrupted_answers"):
         t = getattr(ps, name)
         if t is None or t.numel() == 0:
             continue

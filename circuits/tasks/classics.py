@@ -52,7 +52,7 @@ class Induction(Task):
         for L in self._lengths(opts):
             first = " ".join("{SRC}" if i == L - 1 else ("{PREV}" if i == L - 2 else f"{{W{i}}}") for i in range(L))
             templates.append(first + " " + " ".join(f"{{R{i}}}" for i in range(L - 1)))
-        return TaskSpec(self.name, templates, [f"len-{L}" for L in self._lengths(opts)])
+        return TaskSpec(self.name, templates, [f"len-{L}" for L in self._lengths(opts)], corrupted_answer_is_wrong=True)
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         lens = self._lengths(opts)

@@ -102,7 +102,7 @@ class ColoredObjects(Task):
                     t = _SHOT.replace("{START}", start) + t
                 templates.append(t)
                 groups.append(f"start={start}" if len(self._counts(opts)) == 1 else f"n={n},start={start}")
-        return TaskSpec(self.name, templates, groups)
+        return TaskSpec(self.name, templates, groups, corrupted_answer_is_wrong=True)
 
     def _scene(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any],
                n: int = 3, prefix: str = "") -> tuple[dict, list, list]:

@@ -71,7 +71,8 @@ class IOI(Task):
             f"ABBA-{i}" for i in range(len(ABBA_TEMPLATES))
         ]
         return TaskSpec(self.name, BABA_TEMPLATES + ABBA_TEMPLATES, names,
-                        derived_positions={"S1+1": ("S1", 1)})
+                        derived_positions={"S1+1": ("S1", 1)},
+                        corrupted_answer_is_wrong=opts["corruption"] == "s2_io")  # ABC has no single answer
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         base = rng.choice(opts["templates"] or range(len(BABA_TEMPLATES)))

@@ -78,7 +78,7 @@ class MentalMath(Task):
                 expr = (_T2 if len(FORMS[f]) == 1 else _T3).replace(" {EQ}", "")
                 templates.append(PHRASINGS[phrasing].replace("{EXPR}", expr))
                 groups.append(f if len(opts["phrasings"]) == 1 else f"{f}/{phrasing}")
-        return TaskSpec(self.name, templates, groups)
+        return TaskSpec(self.name, templates, groups, corrupted_answer_is_wrong=True)
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         allowed = {int(w) for w in pools["numbers"]}

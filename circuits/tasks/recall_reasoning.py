@@ -65,7 +65,7 @@ class Recall(Task):
 
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
         ts = RECALL_TEMPLATES[opts["facts"]]
-        return TaskSpec(self.name, ts, [f"phrasing-{i}" for i in range(len(ts))])
+        return TaskSpec(self.name, ts, [f"phrasing-{i}" for i in range(len(ts))], corrupted_answer_is_wrong=True)
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         table = facts_table(opts["facts"])
@@ -82,7 +82,8 @@ class Recall(Task):
 
 
 class Reasoning(Task):
-    """The two-hop reasoning task: the question asks about X1, X2's chain distracts; option ``split``."""
+    """The two-hop reasoning task: the question asks about one item (X1 or X2, balanced), the other
+    item's chain distracts and is what the corrupted prompt asks about; option ``split``."""
 
     name = "reasoning"
     description = "In-context two-hop reasoning (item -> container -> city) with a distractor chain."
@@ -94,7 +95,8 @@ class Reasoning(Task):
         return {"items": vocab.ITEMS, "containers": vocab.CONTAINERS, "cities": vocab.CITIES}
 
     def spec(self, opts: dict[str, Any]) -> TaskSpec:
-        return TaskSpec(self.name, REASONING_TEMPLATES, [f"order-{i}" for i in range(len(REASONING_TEMPLATES))])
+        return TaskSpec(self.name, REASONING_TEMPLATES, [f"order-{i}" for i in range(len(REASONING_TEMPLATES))],
+                        corrupted_answer_is_wrong=True)
 
     def sample(self, rng: random.Random, pools: dict[str, list[str]], opts: dict[str, Any]) -> Example | None:
         t = rng.randrange(len(REASONING_TEMPLATES))
@@ -104,4 +106,8 @@ class Reasoning(Task):
         if not in_split((x1, y1, c1, x2, y2, c2, t), opts["split"]):
             return None
         base = {"X1": x1, "X2": x2, "Y1": y1, "Y1a": y1, "Y2": y2, "Y2a": y2, "C1": c1, "C2": c2}
-        return Example(t, {**base, "Q": x1}, {**base, "Q": x2}, answer=c1, wrong=c2)
+        # the clean prompt asks about the first or the second item, balanced, and the corrupted prompt
+        # about the other: no position or order gives the answer away (each prompt must be read)
+        first = rng.random() < 0.5
+        (q, answer), (other, wrong) = ((x1, c1), (x2, c2)) if first else ((x2, c2), (x1, c1))
+        return Example(t, {**base, "Q": q}, {**base, "Q": other}, answer=answer, wrong=wrong)

@@ -30,7 +30,7 @@ from circuits.tokenization import fingerprint
 _PIECE = re.compile(r"\{[A-Za-z0-9_]+\}|[^\W_]+|\S")
 SPLITS = ("all", "train", "test")
 HOLDOUT_MOD = 5  # 1 in 5 combinations is held out for the "test" split
-MAX_PROMPTS = 100_000  # a PromptSet beyond this is a mistake for these engines: build it in parts
+MAX_PROMPTS = 1_000_000  # a PromptSet beyond this is a mistake (the zoo corpora need ~120k): build it in parts
 PROGRESS_FROM = 5_000  # show a progress bar when building at least this many prompts
 
 
@@ -206,6 +206,7 @@ class TaskSpec:
     answer_attach: bool = False  # answers follow the prompt with no space (e.g. "17" "32")
     derived_positions: dict[str, tuple[str, int]] = field(default_factory=dict)
     answer_candidates: Sequence[str] | None = None
+    corrupted_answer_is_wrong: bool = False  # the corrupted prompt's own answer is the wrong answer
 
 
 def sample_examples(n: int, seed: int, sampler: Callable[[random.Random], Example | None],
@@ -393,6 +394,7 @@ def to_prompt_set(spec: TaskSpec, view: TokenizerView, items: list[Tokenized], u
         group_names=list(spec.template_names),
         answer_candidates=cands,
         answer_mask=mask,
+        corrupted_answers=torch.tensor([t.wrong_id for t in items]) if spec.corrupted_answer_is_wrong else None,
         provenance={"task": spec.name, "tokenizer": view.name, "tokenizer_fingerprint": fingerprint(view.tok),
                     "prepend_bos": use_bos, "n": n, **provenance},
     )

@@ -1,7 +1,8 @@
 """zoo-check: load every bundled model through ``load_model`` and test its targets.
 
 Targets (issue: the zoo):
-  * toyworld: >= 95% held-out top-1 accuracy on every task;
+  * toyworld: >= 95% held-out top-1 accuracy on every task, and >= 95% on the counterfactual
+    prompts scored against their own answers (the audit: the model reads the question);
   * toyworld@<step>: at least four checkpoints; the earliest fails a task (< 60%);
   * reasoner-sft: short thinking in 10-40% of samples, and its accuracy at least
     10 points below long thinking;
@@ -48,6 +49,14 @@ def scene_size_probes(model: Any, tok: Any, name: str, options: dict, n: int) ->
     return out
 
 
+def ioi_counterfactual(model: Any, tok: Any, options: dict, n: int) -> float | None:
+    """IOI's audit: its ABC corruption has no answer of its own, so score the S2 := IO corruption
+    ("... Mary gave a drink to" after "Mary and John": John) against its answers."""
+    from circuits.zoo.evaluate import evaluate_tasks
+
+    return evaluate_tasks(model, tok, {"ioi": {**options, "corruption": "s2_io"}}, n=n)["ioi"]["counterfactual_accuracy"]
+
+
 def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
     """Measured numbers for each bundled model (loaded through load_model, on CPU)."""
     from circuits.models import load_model
@@ -63,6 +72,7 @@ def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
             out[name] = {"tasks": evaluate_tasks(model, tok, tasks, n=n)}
             if name == "toyworld":
                 out[name]["probes"] = scene_size_probes(model, tok, name, tasks["colored_objects"], n)
+                out[name]["tasks"]["ioi"]["counterfactual_accuracy"] = ioi_counterfactual(model, tok, tasks["ioi"], n)
         elif name == "reasoner-base":
             out[name] = evaluate_reasoner(model.original_model, tok, n=2 * n, direct=True)
         elif name.startswith("reasoner-"):
@@ -82,6 +92,10 @@ def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool
     if "toyworld" in measured:
         for task, r in measured["toyworld"]["tasks"].items():
             rows.append((f"toyworld {task} >= 95%", r["accuracy"] >= 0.95, f"{r['accuracy']:.1%}"))
+        for task, r in measured["toyworld"]["tasks"].items():  # the audit: does it read the question?
+            if r.get("counterfactual_accuracy") is not None:
+                cf = r["counterfactual_accuracy"]
+                rows.append((f"toyworld {task} counterfactual >= 95%", cf >= 0.95, f"{cf:.1%}"))
     ck = checkpoints(names)
     rows.append(("toyworld has >= 4 checkpoints", len(ck) >= 4, ", ".join(ck) or "none"))
     if ck and ck[0] in measured:
@@ -108,11 +122,13 @@ def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool
 
 def report(measured: dict[str, Any], rows: list[tuple[str, bool, str]]) -> str:
     """The zoo-check report as text: measured numbers per model, then one PASS/FAIL line per target."""
-    lines = ["model                 task/metric          accuracy  logit diff"]
+    lines = ["model                 task/metric          accuracy  logit diff  counterfactual"]
     for name, r in measured.items():
         if "tasks" in r:
             for task, v in {**r["tasks"], **r.get("probes", {})}.items():
-                lines.append(f"{name:21s} {task:20s} {v['accuracy']:8.1%}  {v['logit_diff']:9.2f}")
+                cf = v.get("counterfactual_accuracy")
+                lines.append(f"{name:21s} {task:20s} {v['accuracy']:8.1%}  {v['logit_diff']:9.2f}  "
+                             f"{'n/a' if cf is None else format(cf, '.1%'):>14s}")
         else:
             extra = "" if "short_rate" not in r else (
                 f"  short {r['short_rate']:.1%} (acc {pct(r['accuracy_short'])}), long acc {pct(r['accuracy_long'])}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,18 +22,25 @@ def end_logits_of(model: Any, ps) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: dict[str, dict], n: int = 200, seed: int = 12345,
                    split: str = "test", batch_size: int = 100) -> dict[str, dict[str, float]]:
-    """{task: {"accuracy", "logit_diff", "n"}} on ``n`` freshly drawn prompts per task."""
+    """{task: {"accuracy", "logit_diff", "counterfactual_accuracy", "n"}} on ``n`` freshly drawn prompts
+    per task. ``counterfactual_accuracy``: the corrupted prompts scored against their own answers
+    (None where the corruption has none): a model that answers from something every clean prompt
+    shares, not from the question, fails it."""
     out = {}
     for name, options in tasks.items():
         ps = get_task(name).build(tokenizer, n=n, seed=seed, split=split, **options)
-        accs, lds = [], []
+        accs, lds, cfs = [], [], []
         for start in range(0, n, batch_size):
             sub = ps.subset(slice(start, start + batch_size))
             lg = end_logits_of(model, sub)
             accs.append(metrics.accuracy(lg, sub, reduce="none"))
             lds.append(metrics.logit_diff(lg, sub, reduce="none"))
+            if sub.corrupted_answers is not None:
+                lg_c = end_logits_of(model, replace(sub, clean=sub.corrupted))
+                cfs.append(metrics.counterfactual_accuracy(lg_c, sub, reduce="none"))
         out[name] = {"accuracy": round(float(torch.cat(accs).mean()), 4),
-                     "logit_diff": round(float(torch.cat(lds).mean()), 3), "n": n}
+                     "logit_diff": round(float(torch.cat(lds).mean()), 3),
+                     "counterfactual_accuracy": round(float(torch.cat(cfs).mean()), 4) if cfs else None, "n": n}
     return out
 
 
