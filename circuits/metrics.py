@@ -120,6 +120,18 @@ def counterfactual_accuracy(logits: Logits, ps: PromptSet, reduce: str = "mean")
     return _reduce((top == ps.corrupted_answers.to(top.device)).float(), reduce)
 
 
+def bootstrap_ratio(num: Tensor, den: Tensor, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% bootstrap interval of mean(num) / mean(den) over prompts ([b] each, resampled together);
+    None (undefined) when resampled denominators vanish in more than 1% of the draws."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(num), (n_boot, len(num)), generator=g)
+    r = num[idx].float().mean(1) / den[idx].float().mean(1)
+    r = r[torch.isfinite(r)]
+    if len(r) < 0.99 * n_boot:
+        return None
+    return [float(torch.quantile(r, 0.025)), float(torch.quantile(r, 0.975))]
+
+
 def kl_rows(logits: Float[Tensor, "batch vocab"], reference: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
     """KL(reference || logits) per row, in nats (the one KL implementation; float32 or wider)."""
     lr, lq = reference.float().log_softmax(-1), logits.float().log_softmax(-1)

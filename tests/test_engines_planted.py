@@ -110,10 +110,20 @@ def test_peeking_masks_and_knockouts(planted):
     per_head = run_variants(model, ps.clean, ps.positions["END"], [[], []], ps=ps, bos=False,
                             schedules=[{0: {1: "self", 2: "self"}}, {0: {0: "self"}}])
     assert metrics.accuracy(per_head[0], ps) == 1.0 and metrics.accuracy(per_head[1], ps) == 0.0
-    res = all_for_one(model, ps, tau=0.9, bos=False, reference=planted_prompts(model.tokenizer, n=400, seed=1))
+    ref = planted_prompts(model.tokenizer, n=400, seed=1)
+    res = all_for_one(model, ps, tau=0.9, bos=False, reference=ref)
     assert res.stage1[0]["faithfulness"] == pytest.approx(1.0)  # CAMA of embeddings is the identity
     assert res.stage1[1]["faithfulness"] < 0.5  # previous-token information moved between tokens in layer 0
-    assert res.wait == 0
+    assert res.wait == 0 and res.wait_trivial and not res.tau_met["wait"]
+    # the planted task needs every token to read its predecessor in layer 0, which the paper's transfer
+    # forbids (non-last tokens self-peek): no transfer length reaches tau, and the result says so
+    assert not res.tau_met["transfer"] and any("not an AF1 subgraph" in w for w in res.warnings)
+    assert res.faithfulness == max(r["faithfulness"] for r in res.stage2 if r["transfer"] > 0)
+    assert len(res.per_example["af1"]) == len(ps) and type(res).from_dict(res.to_dict()) == res
+    # the variant in which non-last tokens read normally: END must read in layer 1 (the induction head)
+    alt = all_for_one(model, ps, tau=0.9, bos=False, reference=ref, others="full", prune_heads=False)
+    assert alt.tau_met["transfer"] and alt.transfer == 2 and alt.faithfulness == pytest.approx(1.0)
+    assert alt.ci["faithfulness"] == pytest.approx([1.0, 1.0])
 
 
 def test_peeking_errors(planted):

@@ -34,7 +34,7 @@ from circuits.engines.common import (
 from circuits.engines.interventions import run_variants
 from circuits.engines.nodes import Node, all_heads, all_mlps, check_nodes, parse_node
 from circuits.engines.sites import site_of
-from circuits.metrics import check_difference
+from circuits.metrics import bootstrap_ratio, check_difference
 from circuits.prompts import PromptSet
 from circuits.records import Record
 
@@ -164,18 +164,6 @@ class Minimality(Record):
         return [n for n, m in self.nodes.items() if m.fraction_of_full is None or m.fraction_of_full < fraction]
 
 
-def _boot_ratio(num: Tensor, den: Tensor, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
-    """95% bootstrap interval of mean(num) / mean(den); None (undefined) when resampled
-    denominators vanish in more than 1% of the draws."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(num), (n_boot, len(num)), generator=g)
-    r = num[idx].mean(1) / den[idx].mean(1)
-    r = r[torch.isfinite(r)]
-    if len(r) < 0.99 * n_boot:
-        return None
-    return [float(torch.quantile(r, 0.025)), float(torch.quantile(r, 0.975))]
-
-
 def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe: str | Sequence[Any] = "heads",
                  ablation: Ablation | None = None, metric: str | Metric = "logit_diff",
                  memory_budget: int | None = None) -> Faithfulness:
@@ -197,8 +185,8 @@ def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe:
     return Faithfulness(
         float(full.mean()), float(c.mean()), float(empty.mean()), float(comp.mean()),
         float((c - empty).mean() / den), float((comp - empty).mean() / den),
-        ci={"faithfulness": _boot_ratio(c - empty, full - empty),
-            "complement_faithfulness": _boot_ratio(comp - empty, full - empty)},
+        ci={"faithfulness": bootstrap_ratio(c - empty, full - empty),
+            "complement_faithfulness": bootstrap_ratio(comp - empty, full - empty)},
         per_example={"full": full.tolist(), "circuit": c.tolist(), "empty": empty.tolist(),
                      "complement": comp.tolist()},
         settings={"engine": "faithfulness", "circuit": [n.name for n in circ], "universe": universe
