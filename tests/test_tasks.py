@@ -21,7 +21,7 @@ def word(tok, token_id: int) -> str:
 
 def test_registry_lists_the_issue_tasks():
     assert set(ALL_TASKS) == {"ioi", "colored_objects", "mental_math", "recall", "reasoning",
-                              "induction", "greater_than"}
+                              "induction", "greater_than", "arithmetic"}
 
 
 @pytest.mark.parametrize("kind", TOKENIZERS)
@@ -260,3 +260,20 @@ def test_corrupted_prompts_carry_their_own_answers_where_they_have_one(task, opt
     else:
         with pytest.raises(ValueError, match="no answer of their own"):
             metrics.counterfactual_accuracy(torch.zeros(len(ps), len(word_tokenizer)), ps)
+
+
+def test_arithmetic_matches_the_reasoner_zoo_distribution(word_tokenizer):
+    """Three or four operands in 0..9, running values in 0..30, one operand corrupted so that the
+    answer changes; the corrupted prompt's answer is the wrong answer."""
+    from circuits.tasks.mental_math import evaluate
+
+    ps = build_task("arithmetic", word_tokenizer, n=64, seed=0)
+    for clean, corrupt, ans, wrong in zip(ps.clean_text, ps.corrupted_text, ps.answer_text, ps.wrong_text):
+        for text, value in ((clean, ans), (corrupt, wrong)):
+            tokens = text.split()[:-1]
+            xs, ops = [int(t) for t in tokens[::2]], tuple(tokens[1::2])
+            assert len(xs) in (3, 4) and all(0 <= x <= 9 for x in xs)
+            vals = evaluate(xs, ops)
+            assert all(0 <= v <= 30 for v in vals) and str(vals[-1]) == value
+        assert sum(a != b for a, b in zip(clean.split(), corrupt.split())) == 1 and ans != wrong
+    assert set(ps.group_names) == {"3 operands", "4 operands"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from circuits.prompts import PromptAlignmentError, PromptSet
+from circuits.tasks.arithmetic import Arithmetic
 from circuits.tasks.classics import GreaterThan, Induction
 from circuits.tasks.colored_objects import ColoredObjects
 from circuits.tasks.ioi import IOI
@@ -22,7 +23,7 @@ from circuits.tasks.templates import TaskVocabularyError, prompt_set_from_texts
 
 TASKS: dict[str, Task] = {
     t.name: t
-    for t in (IOI(), ColoredObjects(), MentalMath(), Recall(), Reasoning(), Induction(), GreaterThan())
+    for t in (IOI(), ColoredObjects(), MentalMath(), Recall(), Reasoning(), Induction(), GreaterThan(), Arithmetic())
 }
 
 
