@@ -65,6 +65,7 @@ SITES: dict[str, Site] = {
     "ln1_in": Site("ln1_in", "blocks.{layer}.ln1.hook_in", None, 1),  # what a layer's attention reads
     "ln2_in": Site("ln2_in", "blocks.{layer}.ln2.hook_in", None, 1),  # what a layer's MLP reads
     "final_in": Site("final_in", "ln_final.hook_in", None, 1),  # the residual the unembedding reads (no layer)
+    "mlp_post": Site("mlp_post", "blocks.{layer}.mlp.hook_post", None, 1),  # MLP neurons after the nonlinearity
 }
 
 
