@@ -14,12 +14,15 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: setup lock test test-latest lint format ioi discover bench zoo zoo-check clean help
+.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
 	@echo "make ioi         run the IOI analysis on MODEL (default $(MODEL))"
 	@echo "make discover    EAP, EAP-IG, ACDC and MIB curves for TASK on MODEL (results/discover/)"
+	@echo "make colored-objects  the circuit-reuse study's Colored Objects circuit, and its overlap with IOI"
+	@echo "make mental-math      All-for-One on mental math (MODEL and MODEL2)"
+	@echo "make recall-reasoning recall vs reasoning: specialised heads, layers, neurons, double dissociation"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml's ranges"
@@ -77,6 +80,17 @@ ioi: setup
 
 discover: setup
 	$(BIN)/python -m analyses.discover --task $(TASK) --model $(MODEL) --seed $(SEED)
+
+colored-objects: setup
+	$(BIN)/python -m analyses.colored_objects --model $(MODEL) --n $(N) --seed $(SEED)
+
+# All-for-One on MODEL and on the second architecture (Qwen2, grouped-query attention)
+MODEL2 ?= zoo:reasoner-base
+mental-math: setup
+	$(BIN)/python -m analyses.mental_math --model $(MODEL) --model $(MODEL2) --n $(N) --seed $(SEED)
+
+recall-reasoning: setup
+	$(BIN)/python -m analyses.recall_reasoning --model $(MODEL) --n $(N) --seed $(SEED)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

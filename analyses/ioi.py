@@ -32,39 +32,13 @@ from typing import Any
 import torch
 
 from analyses.common import run_analysis, safe_name
+from circuits.engines.detectors import attention_between
+from circuits.engines.path_patching import pick_senders as pick
 
 POSITIONS = ["IO", "S1", "S1+1", "S2", "END"]
 CLASSES = ["name mover", "negative name mover", "s-suppression", "s-inhibition", "induction", "duplicate token",
            "other upstream", "previous token"]
 DIRECT = ("name mover", "negative name mover", "s-suppression")
-
-
-def pick(effect: torch.Tensor, exclude: set[tuple[int, int]], sign: int = -1, rel: float = 0.25,
-         cap: int = 4, floor: float = 2.0) -> list[tuple[int, int]]:
-    """Heads whose Wang effect (percent) has ``sign`` and magnitude >= rel x the largest (and >= floor %)."""
-    e = effect.clone()
-    for h in exclude:
-        e[h] = 0.0
-    e = torch.nan_to_num(e * sign, nan=0.0)
-    top = float(e.max())
-    if top < floor:
-        return []
-    idx = torch.nonzero(e >= max(rel * top, floor))
-    ranked = sorted(((int(a), int(b)) for a, b in idx), key=lambda h: -float(e[h]))
-    return ranked[:cap]
-
-
-def attention_at(model: Any, ps: Any, heads: list[tuple[int, int]], query: str, keys: list[str]) -> dict:
-    """Mean attention of each head from position ``query`` to each position in ``keys``."""
-    from circuits.engines.detectors import attention_patterns
-
-    pat = attention_patterns(model, ps.clean)  # [L, b, h, q, k]
-    rows = torch.arange(len(ps))
-    q = ps.positions[query]
-    out = {}
-    for layer, h in heads:
-        out[f"a{layer}.h{h}"] = {k: float(pat[layer, rows, h, q, ps.positions[k]].mean()) for k in keys}
-    return out
 
 
 def prompts(model: Any, n: int, seed: int, spec: str) -> dict[str, Any]:
@@ -128,7 +102,7 @@ def trace_circuit(model: Any, ps: Any, progress: bool = True) -> Trace:
     e1 = step("logits", ["logits"], None)
     direct = pick(e1, set())
     negative = pick(e1, set(direct), sign=+1, cap=2)
-    trace.attention_at_END = attention_at(model, ps, direct + negative, "END", ["IO", "S1", "S2"])
+    trace.attention_at_END = attention_between(model, ps, direct + negative, "END", ["IO", "S1", "S2"])
 
     def reads_io(h: tuple[int, int]) -> bool:  # the name-mover signature: END attends to IO more than to S
         a = trace.attention_at_END[f"a{h[0]}.h{h[1]}"]
@@ -157,7 +131,7 @@ def trace_circuit(model: Any, ps: Any, progress: bool = True) -> Trace:
         found = pick(e3, chosen)
         ind_dup += found
         chosen |= set(found)
-    att = attention_at(model, ps, ind_dup, "S2", ["S1", "S1+1"]) if ind_dup else {}
+    att = attention_between(model, ps, ind_dup, "S2", ["S1", "S1+1"]) if ind_dup else {}
     trace.attention_at_S2 = att
 
     def attends(h: tuple[int, int], pos: str) -> float:

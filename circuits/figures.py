@@ -328,3 +328,39 @@ def faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], *, title: str =
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def bars(groups: Mapping[str, Mapping[str, float | None]], *, errors: Mapping[str, Mapping[str, Sequence[float]]]
+         | None = None, ylabel: str = "", title: str = "", reference: float | None = None) -> Figure:
+    """Grouped bars: one group per key of ``groups`` (e.g. a scene size), one bar per series inside it
+    (e.g. accuracy, faithfulness). ``errors[group][series]`` = (low, high) draws an interval; a None
+    value is left out (undefined); ``reference`` draws a dashed horizontal line. Returns the Figure."""
+    series = list(dict.fromkeys(k for g in groups.values() for k in g))
+    fig = _Figure(figsize=(max(4.0, 0.9 * len(groups) * max(1, len(series)) + 1.5), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    colors = _colormap("tab10")
+    for j, name in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for i, (group, values) in enumerate(groups.items()):
+            v = values.get(name)
+            if v is None:
+                continue
+            xs.append(i + (j - (len(series) - 1) / 2) * width)
+            ys.append(v)
+            interval = (errors or {}).get(group, {}).get(name)
+            lo.append(v - interval[0] if interval else 0.0)
+            hi.append(interval[1] - v if interval else 0.0)
+        has = any(lo) or any(hi)  # intervals only where this series has some
+        ax.bar(xs, ys, width=width, color=colors(j % 10), label=name,
+               yerr=[lo, hi] if has else None, capsize=3 if has else 0)
+    if reference is not None:
+        ax.axhline(reference, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(list(groups), fontsize=8)
+    ax.set_ylabel(ylabel)
+    if series:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

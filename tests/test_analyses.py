@@ -8,7 +8,7 @@ import os
 import pytest
 
 from analyses.ioi import main as ioi_main
-from analyses.ioi import pick
+from circuits.engines.path_patching import pick_senders as pick
 
 
 def test_ioi_analysis_writes_json_and_figures(model_dirs, tmp_path, capsys):

@@ -228,3 +228,14 @@ def test_circuit_figure_of_a_deep_model_fits_a_page():
     fig = figures.circuit_figure({"a30.h1": "x", "a0.h0": "y"}, [("a0.h0", "m15"), ("m15", "logits")], 32)
     w, h = fig.get_size_inches()
     assert math.isfinite(w) and h <= 17.5
+
+
+def test_bars_draw_one_bar_per_defined_value_with_intervals():
+    from circuits.figures import bars
+
+    fig = bars({"n=2": {"accuracy": 1.0, "faithfulness": 0.8}, "n=3": {"accuracy": 0.9, "faithfulness": None}},
+               errors={"n=2": {"faithfulness": (0.7, 0.9)}}, ylabel="fraction", reference=1.0)
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.8, 0.9, 1.0]  # the undefined value is left out, not drawn as 0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["n=2", "n=3"]

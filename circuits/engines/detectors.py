@@ -178,3 +178,21 @@ def retrieval_scores(model: Any, tokens: Sequence[Tensor], spans: Sequence[tuple
             seq = torch.cat([seq, torch.tensor([[w]], device=seq.device)], 1)
         total += score
     return _scores(total / len(tokens), model, "retrieval", n_steps=n_steps, n_prompts=len(tokens))
+
+
+def attention_between(model: Any, ps: Any, heads: list[tuple[int, int]], query: str, keys: list[str]) -> dict:
+    """{"a{L}.h{H}": {key: mean attention probability}} of each head (layer, head) from the named
+    position ``query`` to each named position in ``keys``, over ``ps``'s clean prompts (a
+    position a prompt lacks, -1, is skipped for it; NaN where no prompt has both)."""
+    pat = attention_patterns(model, ps.clean)  # [L, b, h, q, k]
+    q = ps.positions[query].to(pat.device)
+    out = {}
+    for layer, h in heads:
+        row: dict[str, float] = {}
+        for k in keys:
+            kp = ps.positions[k].to(pat.device)
+            ok = (q >= 0) & (kp >= 0)
+            rows = torch.nonzero(ok).flatten()
+            row[k] = float(pat[layer, rows, h, q[rows], kp[rows]].mean()) if len(rows) else float("nan")
+        out[f"a{layer}.h{h}"] = row
+    return out

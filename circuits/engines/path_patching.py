@@ -264,3 +264,20 @@ def wang_effect(scores: Scores) -> torch.Tensor:
     """The IOI paper's 100 * (m_patched - m_base) / m_base, per sender [layer, head]."""
     base = scores.baseline["base"]
     return 100 * (scores.values - base) / base
+
+
+def pick_senders(effect: torch.Tensor, exclude: set[tuple[int, int]], sign: int = -1, rel: float = 0.25,
+         cap: int = 4, floor: float = 2.0) -> list[tuple[int, int]]:
+    """Senders (layer, head) whose Wang effect [layer, head] (percent) has ``sign`` and a magnitude
+    >= ``rel`` x the largest and >= ``floor`` percent, largest first, at most ``cap``; ``exclude``d
+    heads and NaN cells (not scored) never count."""
+    e = effect.clone()
+    for h in exclude:
+        e[h] = 0.0
+    e = torch.nan_to_num(e * sign, nan=0.0)
+    top = float(e.max())
+    if top < floor:
+        return []
+    idx = torch.nonzero(e >= max(rel * top, floor))
+    ranked = sorted(((int(a), int(b)) for a, b in idx), key=lambda h: -float(e[h]))
+    return ranked[:cap]

@@ -8,8 +8,10 @@ ends the prompt with "... The cup is" instead (the object right before END);
 blue"); ``order="the_is"`` lists "the cup is blue" and asks "... A: the cup is",
 which the zoo uses (see circuits.zoo.recipes.toyworld).
 ``n_objects`` (2-5, or a list for a mixture) sets how many objects the scene lists.
-Named positions: O0.. (objects), C0.. (colors), QO (queried object), END; a
-slot absent from a prompt's template has position -1.
+Named positions: O0.. (objects), C0.. (colors), QO (queried object), END;
+ANSWER / ANSWER_OBJ (the queried object's colour and its mention in the scene) and
+DISTRACTOR / DISTRACTOR_OBJ (those of the object the corrupted prompt asks about).
+A slot absent from a prompt's template has position -1.
 """
 
 from __future__ import annotations
@@ -132,4 +134,6 @@ class ColoredObjects(Task):
             sq = rng.randrange(3)
             clean.update(shot, SQO=sobjs[sq], SANS=scols[sq])
         corrupted = {**clean, "QO": objs[other], "QO2": objs[other]}
-        return Example(template, clean, corrupted, answer=cols[q], wrong=cols[other])
+        return Example(template, clean, corrupted, answer=cols[q], wrong=cols[other],
+                       aliases={"ANSWER": f"C{q}", "ANSWER_OBJ": f"O{q}", "DISTRACTOR": f"C{other}",
+                                "DISTRACTOR_OBJ": f"O{other}"})

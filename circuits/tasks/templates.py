@@ -194,6 +194,7 @@ class Example:
     answer: str
     wrong: str
     candidates_correct: list[bool] | None = None
+    aliases: dict[str, str] = field(default_factory=dict)  # extra position name -> the slot it names
 
 
 @dataclass
@@ -275,6 +276,9 @@ def tokenize_examples(spec: TaskSpec, view: TokenizerView, examples: list[Exampl
                     reason = f"{texts[j][span[0]:span[1]]!r} is not one token in slot {slot}"
                     break
                 pos[slot] = idx + off
+            for alias, slot in ex.aliases.items():
+                if slot in pos:
+                    pos[alias] = pos[slot]
             rows.append(([view.bos_id] if use_bos else []) + list(ids))
             poss.append(pos)
         if reason is None and view.unk_id is not None and any(view.unk_id in r for r in rows):
