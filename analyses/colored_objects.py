@@ -300,6 +300,14 @@ class Result:
     figures: dict[str, Any]
     seconds: float
 
+    def circuit(self) -> Any:
+        """The circuit found, as a ``circuits.graph.Circuit`` (heads at their positions with classes; the
+        class-to-class edges traced)."""
+        from circuits.graph import Circuit, Shape
+
+        return Circuit.from_classes(self.trace.classes, self.trace.edges, Shape.of(self.model), task="colored_objects",
+                                    model=self.spec, method="path patching backwards (Merullo et al. 2024)")
+
     def data(self) -> dict[str, Any]:
         """The numbers, as plain data for the result file."""
         ev = self.evaluation
@@ -312,9 +320,8 @@ class Result:
             "head_patching": {d: {"normalized": s.normalized().tolist(), "baseline": s.baseline, "axes": list(s.axes)}
                               for d, s in self.patching.items()},
             "path_patching": self.trace.steps,
-            "circuit": {"nodes": self.trace.classes, "edges": self.trace.edges,
-                        "attention_at_END": self.trace.attention_at_END,
-                        "attention_where_read": self.trace.attention_at_read},
+            "circuit": self.circuit().to_dict(),
+            "attention": {"at_END": self.trace.attention_at_END, "where_read": self.trace.attention_at_read},
             "faithfulness": None if ev["faithfulness"] is None else ev["faithfulness"].to_dict(),
             "random_circuits": ev["random"],
             "scene_sizes": self.sizes,

@@ -66,7 +66,7 @@ def candidates(ig: Any) -> Any:
 
 
 def run_acdc(model: Any, ps: Any, ig: Any, tau: float, progress: bool = True) -> tuple[Any, Any]:
-    """(ACDC's EdgeCircuit on the EAP-IG candidates, EdgeScores ranking its kept edges first and the
+    """(ACDC's Circuit on the EAP-IG candidates, EdgeScores ranking its kept edges first and the
     removed ones by the change their removal made)."""
     from circuits.engines.attribution import EdgeScores
     from circuits.engines.discovery import acdc
@@ -74,7 +74,7 @@ def run_acdc(model: Any, ps: Any, ig: Any, tau: float, progress: bool = True) ->
     graph = ig.graph
     ac = acdc(model, ps, tau, candidates=candidates(ig), progress=progress)
     ranking = torch.zeros_like(ig.scores)
-    for rec in ac.log:
+    for rec in ac.settings["log"]:
         ranking[graph.index(*graph_edge(rec["edge"]))] = abs(rec["after"] - rec["before"])
     for e in ac.edges:  # kept edges rank above every removed one
         ranking[graph.index(*graph_edge(e))] += 1e3
@@ -103,13 +103,13 @@ def curves(model: Any, ps: Any, scores: dict[str, Any], metric: str, timings: di
 
 def pick_circuit(ig: Any, curve: Any, **settings: Any) -> Any:
     """The EAP-IG circuit: the smallest curve fraction with f >= 0.8, else the most faithful one."""
-    from circuits.engines.discovery import EdgeCircuit, select_topn
+    from circuits.engines.discovery import circuit_from_mask, select_topn
 
     f = curve.faithfulness
     good = [i for i, x in enumerate(f) if x >= 0.8]
     i = good[0] if good else max(range(len(f)), key=lambda j: f[j])
     n_top = curve.n_edges_requested[i]
-    return EdgeCircuit.from_mask(ig.graph, select_topn(ig.graph, ig.scores, n_top), method="eap-ig-inputs",
+    return circuit_from_mask(ig.graph, select_topn(ig.graph, ig.scores, n_top), ig.scores, method="eap-ig-inputs",
                                  n_top=n_top, fraction=curve.percentages[i], faithfulness=f[i], **settings)
 
 
@@ -118,12 +118,13 @@ def stability(model: Any, ps: Any, ig: Any, circuit: Any, steps: int, metric: st
     """{"eap_ig": Stability of the EAP-IG top-n circuit, "acdc": Stability of ACDC} over bootstrap
     resamples of the prompts (ACDC: at most 2 resamples, it is the slow one)."""
     from circuits.engines.attribution import attribute_edges
-    from circuits.engines.discovery import acdc, bootstrap_stability, select_topn
+    from circuits.engines.discovery import acdc, bootstrap_stability, circuit_mask, select_topn
 
     graph, n_top, cand = ig.graph, circuit.settings["n_top"], candidates(ig)
     ig_stab = bootstrap_stability(ps, lambda p: select_topn(graph, attribute_edges(
         model, p, method="eap-ig-inputs", steps=steps, metric=metric).scores, n_top), n_boot=n_boot, seed=seed)
-    acdc_stab = bootstrap_stability(ps, lambda p: acdc(model, p, tau, candidates=cand, progress=False).mask(graph),
+    acdc_stab = bootstrap_stability(ps, lambda p: circuit_mask(acdc(model, p, tau, candidates=cand, progress=False),
+                                                               graph),
                                     n_boot=min(n_boot, 2), seed=seed)
     return {"eap_ig": ig_stab, "acdc": acdc_stab}
 
@@ -133,7 +134,7 @@ def figures(curve_set: dict[str, Any], ig: Any, circuit: Any, title: str) -> dic
     from circuits.figures import circuit_figure, faithfulness_curves
 
     graph = ig.graph
-    weighted = [(w, r, float(ig.scores[graph.index(w, r)])) for w, r in map(graph_edge, circuit.edges)]
+    weighted = [(*graph_edge(e), score) for e, score in circuit.edges.items()]
     return {"curves": faithfulness_curves({k: c.to_dict() for k, c in curve_set.items()},
                                           title=f"MIB faithfulness, {title}"),
             "circuit": circuit_figure({}, weighted, graph.n_layers, title=f"EAP-IG circuit ({len(circuit.edges)} "

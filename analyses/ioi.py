@@ -156,19 +156,27 @@ def trace_circuit(model: Any, ps: Any, progress: bool = True) -> Trace:
 
 
 def circuit_edges(classes: dict[str, str]) -> list[tuple[str, str]]:
-    """The paper's class-to-class edges between the circuit's heads (a reader in a later layer)."""
-    from circuits.names import parse_node
+    """The paper's class-to-class edges between the circuit's heads (source node, the reader input it
+    feeds in a later layer): S-inhibition -> direct heads' queries; induction, duplicate-token and
+    upstream heads -> S-inhibition heads' values and direct heads' keys and values (the paths step 3
+    traced); previous-token -> induction heads' keys; direct heads -> logits."""
+    from circuits.names import Reader, parse_node
 
-    def layer_of(node: str) -> int:
-        return parse_node(node).layer
+    def feeds(source: str, target: str, comps: str) -> list[tuple[str, str]]:
+        s, t = parse_node(source), parse_node(target)
+        return [(source, Reader("head", t.layer, t.head, c).name) for c in comps] if t.layer > s.layer else []
 
     edges = [(n, "logits") for n, c in classes.items() if c in DIRECT]
-    edges += [(s, t) for s, cs in classes.items() if cs == "s-inhibition" for t, ct in classes.items()
-              if ct in DIRECT and layer_of(t) > layer_of(s)]
-    edges += [(s, t) for s, cs in classes.items() if cs in ("induction", "duplicate token", "other upstream")
-              for t, ct in classes.items() if ct in ("s-inhibition",) + DIRECT and layer_of(t) > layer_of(s)]
-    edges += [(s, t) for s, cs in classes.items() if cs == "previous token" for t, ct in classes.items()
-              if ct == "induction"]
+    for s, cs in classes.items():
+        for t, ct in classes.items():
+            if cs == "s-inhibition" and ct in DIRECT:
+                edges += feeds(s, t, "q")
+            elif cs in ("induction", "duplicate token", "other upstream") and ct == "s-inhibition":
+                edges += feeds(s, t, "v")
+            elif cs in ("induction", "duplicate token", "other upstream") and ct in DIRECT:
+                edges += feeds(s, t, "kv")
+            elif cs == "previous token" and ct == "induction":
+                edges += feeds(s, t, "k")
     return edges
 
 
@@ -226,6 +234,14 @@ class IOIResult:
     figures: dict[str, Any]
     seconds: float
 
+    def circuit(self) -> Any:
+        """The circuit found, as a ``circuits.graph.Circuit`` (heads at their positions with classes; the
+        class-to-class edges traced)."""
+        from circuits.graph import Circuit, Shape
+
+        return Circuit.from_classes(self.trace.classes, self.trace.edges, Shape.of(self.model), task="ioi",
+                                    model=self.spec, method="path patching backwards (Wang et al. 2022)")
+
     def data(self) -> dict[str, Any]:
         """The numbers, as plain data for the result file."""
         ev = self.evaluation
@@ -240,8 +256,8 @@ class IOIResult:
                                   "baseline": s.baseline, "axes": list(s.axes), "ci95": [x.tolist() for x in s.ci()]}
                               for d, s in self.patching.items()},
             "path_patching": self.trace.steps,
-            "circuit": {"nodes": self.trace.classes, "edges": self.trace.edges,
-                        "attention_at_END": self.trace.attention_at_END, "attention_at_S2": self.trace.attention_at_S2},
+            "circuit": self.circuit().to_dict(),
+            "attention": {"at_END": self.trace.attention_at_END, "at_S2": self.trace.attention_at_S2},
             **{k: None if ev[k] is None else ev[k].to_dict() for k in ("faithfulness", "completeness", "minimality")},
             "copy_scores": self.copy_scores.values.tolist(),
             "seconds": round(self.seconds, 2),

@@ -10,9 +10,10 @@ from circuits import metrics
 from circuits.engines.ablation import Ablation
 from circuits.engines.attribution import attribute_edges
 from circuits.engines.discovery import (
-    EdgeCircuit,
     acdc,
     bootstrap_stability,
+    circuit_from_mask,
+    circuit_mask,
     jaccard,
     prune,
     select_greedy,
@@ -66,7 +67,7 @@ def test_acdc_recovers_the_planted_edges(planted, objective, tau):
     model, ps = planted
     circ = acdc(model, ps, tau, objective=objective, progress=False)
     assert _prf(set(circ.edges), PLANTED_EDGES) == (1.0, 1.0)
-    assert circ.log and circ.to_dict()["n_edges"] == 3
+    assert circ.settings["log"] and len(circ.to_dict()["edges"]) == 3
 
 
 def test_acdc_on_eap_preselected_edges(planted):
@@ -109,8 +110,9 @@ def test_selection_and_pruning(planted):
     dangling[g.index("input", "a0.h1<q>")] = True  # a0.h1 feeds nothing: pruned away
     dangling[g.index("a1.h0", "logits")] = True  # a1.h0 is fed by nothing: pruned too
     assert prune(g, dangling).sum() == 0
-    circ = EdgeCircuit.from_mask(g, top, method="test")
-    assert torch.equal(circ.mask(g), top) and "a0.h0" in circ.nodes()
+    circ = circuit_from_mask(g, top, s.scores, method="test")
+    assert torch.equal(circuit_mask(circ, g), top) and "a0.h0" in circ.nodes and circ.method == "test"
+    assert all(circ.edges[e] == float(s.scores[g.index(*e.split("->"))]) for e in circ.edges)
     with pytest.raises(ValueError, match="n must be"):
         select_topn(g, s.scores, g.n_edges + 1)
     assert jaccard(top, top) == 1.0 and jaccard(top, torch.zeros_like(top)) == 0.0

@@ -53,13 +53,15 @@ ABOVE_BOTTOM = ("circuits.engines", "circuits.tasks", "circuits.graph", "circuit
     ("the library never imports the analyses", "circuits/**/*.py", ("analyses",)),
     ("names, scores, prompts, io, records, metrics, figures sit at the bottom", BOTTOM, ABOVE_BOTTOM),
     ("names import nothing of the project", ["circuits/names.py"], ("circuits",)),
-    ("engines never import tasks", "circuits/engines/*.py", ("circuits.tasks", "circuits.zoo", "circuits.graph")),
+    ("engines never import tasks", "circuits/engines/*.py", ("circuits.tasks", "circuits.zoo")),
     ("tasks never import engines", "circuits/tasks/*.py", ("circuits.engines", "circuits.models", "circuits.graph")),
     ("the zoo registry never imports the recipes", ["circuits/zoo/__init__.py"], ("circuits.zoo.recipes",)),
     ("models depend on the zoo registry only", ["circuits/models.py", "circuits/compat.py"],
      ("circuits.zoo.recipes", "circuits.zoo.check", "circuits.engines", "circuits.tasks")),
     ("the graph module knows neither engines nor tasks", "circuits/graph/**/*.py",
      ("circuits.engines", "circuits.tasks", "circuits.models", "circuits.zoo")),
+    ("the Circuit type is plain data", ["circuits/graph/circuit.py"],
+     ("circuits.engines", "circuits.tasks", "circuits.models", "circuits.zoo", "circuits.figures", "torch")),
 ])
 def test_imports_run_downward(rule, files, forbidden):
     paths = module_files(files) if isinstance(files, str) else [ROOT / f for f in files]
@@ -83,3 +85,14 @@ def test_hook_names_come_from_the_site_table():
     hits = [str(p.relative_to(ROOT)) for p in module_files("**/*.py")
             if ".venv" not in p.parts and p.name != "sites.py" and pattern in p.read_text()]
     assert hits == []
+
+
+def test_engines_take_only_the_circuit_type_from_the_graph_module():
+    """Engines return Circuits; comparison, export and drawing stay above them."""
+    bad = {}
+    for f in module_files("circuits/engines/*.py"):
+        hits = sorted(m for m in imports_of(f) if m.startswith("circuits.graph")
+                      and not m.startswith("circuits.graph.circuit"))
+        if hits:
+            bad[str(f.relative_to(ROOT))] = hits
+    assert bad == {}

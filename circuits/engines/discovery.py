@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from circuits.engines.common import prepare_prompts
 from circuits.engines.edges import EdgeGraph, edge_graph
+from circuits.graph.circuit import Circuit
 from circuits.metrics import kl_rows
 from circuits.names import Node, parse_edge, parse_reader
 from circuits.prompts import PromptSet
@@ -105,41 +106,24 @@ def select_greedy(graph: EdgeGraph, scores: Tensor, n: int, *, absolute: bool = 
     return prune(graph, mask) if do_prune else mask
 
 
-@dataclass
-class EdgeCircuit:
-    """A discovered circuit: its edges and how it was found."""
+def circuit_from_mask(graph: EdgeGraph, mask: Tensor, scores: Tensor | None = None, **settings: Any) -> Circuit:
+    """The edge Circuit of the edges where ``mask`` [n_writers, n_readers] and ``graph.mask`` are both True,
+    each with its score from ``scores`` [n_writers, n_readers] when given; ``settings`` say how it was found
+    (``task``, ``model`` and ``method`` among them become the circuit's own fields)."""
+    idx = torch.nonzero(mask.bool() & graph.mask)
+    edges = {graph.edge(int(w), int(r)): None if scores is None else float(scores[int(w), int(r)]) for w, r in idx}
+    meta = {k: settings.pop(k) for k in ("task", "model", "method") if k in settings}
+    return Circuit.from_edges(edges, graph.shape(), settings=settings, **meta)
 
-    edges: list[str]
-    settings: dict[str, Any] = field(default_factory=dict)
-    log: list[dict[str, Any]] = field(default_factory=list)
 
-    @classmethod
-    def from_mask(cls, graph: EdgeGraph, mask: Tensor, **settings: Any) -> EdgeCircuit:
-        """The circuit of the edges where ``mask`` [n_writers, n_readers] and ``graph.mask`` are both True."""
-        idx = torch.nonzero(mask & graph.mask)
-        return cls([graph.edge(int(w), int(r)) for w, r in idx], settings)
-
-    def mask(self, graph: EdgeGraph) -> Tensor:
-        """The circuit as a boolean mask over ``graph``'s edges."""
-        m = torch.zeros_like(graph.mask)
-        for e in self.edges:
-            w, r = parse_edge(e)
-            m[graph.index(w.name, r.name)] = True
-        return m
-
-    def nodes(self) -> list[str]:
-        """Writers and reader owners (``a2.h1`` for ``a2.h1<q>``, ``a2.g0`` for a KV group) of the edges."""
-        out = set()
-        for e in self.edges:
-            w, r = parse_edge(e)
-            out.add(w.name)
-            out.add(r.owner())
-        return sorted(out)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: edges, nodes, n_edges, settings and the search log."""
-        return {"edges": self.edges, "nodes": self.nodes(), "n_edges": len(self.edges), "settings": self.settings,
-                "log": self.log}
+def circuit_mask(circuit: Circuit, graph: EdgeGraph) -> Tensor:
+    """An edge Circuit as a boolean mask over ``graph``'s edges [n_writers, n_readers]."""
+    circuit.check_comparable(Circuit(shape=graph.shape()))
+    m = torch.zeros_like(graph.mask)
+    for e in circuit.edges:
+        w, r = parse_edge(e)
+        m[graph.index(w.name, r.name)] = True
+    return m
 
 
 def check_tau(tau: Any) -> float:
@@ -153,7 +137,7 @@ def check_tau(tau: Any) -> float:
 @torch.no_grad()
 def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candidates: Tensor | None = None,
          ablation: str = "corrupted", reference: PromptSet | None = None, progress: bool = True,
-         memory_budget: int | None = None) -> EdgeCircuit:
+         memory_budget: int | None = None) -> Circuit:
     """ACDC (Conmy et al.): from the logits backwards, drop every edge whose removal changes the
     objective by less than ``tau``.
 
@@ -197,11 +181,9 @@ def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candid
         if removed:
             mask, current = trial, v
     mask = prune(graph, mask)
-    circ = EdgeCircuit.from_mask(graph, mask, engine="acdc", tau=tau, objective=objective, ablation=ablation,
-                                 candidates=None if candidates is None else int(candidates.sum()),
-                                 final_objective=current, n_prompts=len(ps))
-    circ.log = log
-    return circ
+    return circuit_from_mask(graph, mask, method="acdc", engine="acdc", tau=tau, objective=objective,
+                             ablation=ablation, candidates=None if candidates is None else int(candidates.sum()),
+                             final_objective=current, n_prompts=len(ps), log=log)
 
 
 def jaccard(a: Tensor, b: Tensor) -> float:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from circuits.engines.sites import n_kv_heads
+from circuits.graph.circuit import Shape
 from circuits.names import Node, Reader, edge_name, level, parse_node, parse_reader
 
 
@@ -70,6 +71,10 @@ class EdgeGraph:
         if not self.mask[w, r]:
             raise ValueError(f"{writer}->{reader} is not an edge: the writer does not come before the reader")
         return w, r
+
+    def shape(self) -> Shape:
+        """The model shape the graph was built for (what circuits record)."""
+        return Shape(self.n_layers, self.n_heads, self.n_kv_heads, self.parallel_attn_mlp)
 
     def edge(self, w: int, r: int) -> str:
         """The name of the edge at mask cell [w, r]."""
