@@ -172,3 +172,28 @@ def level(name: str | Node | Reader, n_layers: int) -> float:
     if item.kind == "logits":
         return float(n_layers)
     return item.layer + (0.5 if item.kind == "mlp" else 0.0)
+
+
+def graph_names(n_layers: int, n_heads: int, n_kv_heads: int) -> tuple[list[str], list[str]]:
+    """(writers, readers) of a model's edge graph in EAP-IG / MIB order: ``input``, then per layer its
+    heads and its MLP; per layer its heads' query readers, key and value readers (per KV group under
+    grouped-query attention), its MLP; then ``logits``."""
+    kv = "head" if n_kv_heads == n_heads else "group"
+    writers, readers = ["input"], []
+    for layer in range(n_layers):
+        writers += [Node("head", layer, h).name for h in range(n_heads)] + [Node("mlp", layer).name]
+        readers += [Reader("head", layer, h, "q").name for h in range(n_heads)]
+        readers += [Reader(kv, layer, i, c).name for c in "kv" for i in range(n_kv_heads)]
+        readers.append(Reader("mlp", layer).name)
+    readers.append("logits")
+    return writers, readers
+
+
+def is_edge(writer: str | Node, reader: str | Reader, n_layers: int, parallel_attn_mlp: bool = False) -> bool:
+    """Whether ``writer->reader`` is an edge of the model's graph: the writer comes before the reader,
+    and (in parallel attention/MLP blocks) a layer's MLP does not read its own layer's heads."""
+    w = writer if isinstance(writer, Node) else parse_node(writer)
+    r = reader if isinstance(reader, Reader) else parse_reader(reader)
+    if parallel_attn_mlp and w.kind == "head" and r.kind == "mlp" and w.layer == r.layer:
+        return False
+    return level(w, n_layers) < level(r, n_layers)

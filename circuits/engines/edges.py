@@ -22,7 +22,7 @@ from torch import Tensor
 
 from circuits.engines.sites import n_kv_heads
 from circuits.graph.circuit import Shape
-from circuits.names import Node, Reader, edge_name, level, parse_node, parse_reader
+from circuits.names import edge_name, graph_names, is_edge, level, parse_node, parse_reader
 
 
 @dataclass
@@ -89,34 +89,12 @@ class EdgeGraph:
         return level(parse_node(writer), self.n_layers)
 
 
-def head_readers(layer: int, n_heads: int, n_kv: int) -> list[str]:
-    """Reader names of one layer's attention: queries per head, keys/values per head or KV group."""
-    kv = "head" if n_kv == n_heads else "group"
-    return ([Reader("head", layer, h, "q").name for h in range(n_heads)]
-            + [Reader(kv, layer, i, c).name for c in "kv" for i in range(n_kv)])
-
-
 def edge_graph(model: Any) -> EdgeGraph:
     """The full edge graph of a TransformerBridge (or anything with the same cfg fields)."""
     cfg = model.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
     n_kv = n_kv_heads(model)
     parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
-    writers = ["input"]
-    readers: list[str] = []
-    for layer in range(n_layers):
-        writers += [Node("head", layer, h).name for h in range(n_heads)] + [Node("mlp", layer).name]
-        readers += head_readers(layer, n_heads, n_kv) + [Reader("mlp", layer).name]
-    readers.append("logits")
-    g = EdgeGraph(writers, readers, torch.zeros(len(writers), len(readers), dtype=torch.bool), n_layers, n_heads,
-                  n_kv, parallel)
-    w_pos = torch.tensor([g.writer_layer(w) for w in writers])
-    r_pos = torch.tensor([g.reader_layer(r) for r in readers])
-    mask = w_pos[:, None] < r_pos[None, :]
-    if parallel:  # the MLP of layer L reads the layer input, not the heads of L
-        for layer in range(n_layers):
-            r = g.reader_index[Reader("mlp", layer).name]
-            for h in range(n_heads):
-                mask[g.writer_index[Node("head", layer, h).name], r] = False
-    g.mask = mask
-    return g
+    writers, readers = graph_names(n_layers, n_heads, n_kv)
+    mask = torch.tensor([[is_edge(w, r, n_layers, parallel) for r in readers] for w in writers])
+    return EdgeGraph(writers, readers, mask, n_layers, n_heads, n_kv, parallel)
