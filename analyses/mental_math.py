@@ -104,9 +104,9 @@ def search(model: Any, sets: dict[str, Any], tau: float = TAU) -> dict[str, dict
 def figures(found: dict[str, dict[str, Any]], curves: dict[str, Any], label: str) -> dict[str, Any]:
     """{"stages", "knockout"}: faithfulness by CAMA depth and by transfer length (both schedules), and
     the knockout curves, per form."""
-    from matplotlib.figure import Figure
+    from circuits.figures import new_figure
 
-    stages = Figure(figsize=(10, 3.6), layout="constrained")
+    stages = new_figure((10, 3.6))
     ax1, ax2 = stages.subplots(1, 2)
     for form, res in found.items():
         paper = res["paper"]
@@ -123,7 +123,7 @@ def figures(found: dict[str, dict[str, Any]], curves: dict[str, Any], label: str
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     stages.suptitle(f"All-for-One search ({label})", fontsize=10)
-    ko = Figure(figsize=(5, 3.6), layout="constrained")
+    ko = new_figure((5, 3.6))
     ax = ko.add_subplot()
     for form, c in curves.items():
         ax.plot(c.layers, c.accuracy, marker="o", label=form)

@@ -361,13 +361,11 @@ def neuron_check(model: Any, sets: dict[str, TaskSet], dis: dict[str, Any], k: i
 
 def figures(r: RRResult) -> dict[str, Any]:
     """{"layer_profile", "head_effects", "dissociation", "restoration"}: Figures (saved by :func:`write`)."""
-    from matplotlib.figure import Figure
-
-    from circuits.figures import heatmaps
+    from circuits.figures import heatmaps, new_figure
 
     n_layers = int(r.model.cfg.n_layers)
     x = torch.arange(n_layers).numpy()
-    prof = Figure(figsize=(9, 6), layout="constrained")
+    prof = new_figure((9, 6))
     for row, kind in enumerate(KINDS):
         for col, (part, what) in enumerate((("layer_heads", "all heads of the layer"), ("mlps", "the MLP"))):
             ax = prof.add_subplot(2, 2, 2 * row + col + 1)
@@ -392,7 +390,7 @@ def figures(r: RRResult) -> dict[str, Any]:
         panels[f"SI ({kind}; grey: both |Δ| ≤ δ)"] = r.special[kind]["heads"]["si"].masked_fill(small, float("nan"))
     heads = heatmaps(panels, ncols=3, cbar="relative LD drop / SI",
                      title=f"Single-head ablation ({r.spec_name}, selection half)")
-    dis = Figure(figsize=(8, 3.4), layout="constrained")
+    dis = new_figure((8, 3.4))
     for col, (key, what) in enumerate((("ld_drop", "relative LD drop"), ("accuracy_drop", "accuracy drop"))):
         ax = dis.add_subplot(1, 2, col + 1)
         for j, c in enumerate(("R", "Q")):
@@ -410,7 +408,7 @@ def figures(r: RRResult) -> dict[str, Any]:
         ax.set_ylabel(what)
         ax.legend(fontsize=7)
     dis.suptitle(f"Double dissociation (evaluation half, mean ablation; {r.spec_name})", fontsize=10)
-    rest = Figure(figsize=(4.5, 3.2), layout="constrained")
+    rest = new_figure((4.5, 3.2))
     ax = rest.add_subplot(1, 1, 1)
     for t, sc in r.restoration.items():
         ax.plot(x, sc.normalized()[:, 0].numpy(), "o-", label=t)

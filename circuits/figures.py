@@ -54,6 +54,12 @@ class _Figure(Figure):
         return buf.getvalue()
 
 
+def new_figure(figsize: tuple[float, float] = (6.0, 4.0), **kwargs: Any) -> Figure:
+    """An empty Figure (constrained layout) for drawings of one's own: it shows itself inline in
+    Jupyter under any backend, and ``save_figure`` writes it deterministically."""
+    return _Figure(figsize=figsize, layout=kwargs.pop("layout", "constrained"), **kwargs)
+
+
 def _colormap(name: str) -> Any:
     import matplotlib
 
