@@ -47,7 +47,9 @@ $(STAMP): $(LOCK) pyproject.toml
 
 # Regenerate the lock from pyproject.toml's ranges (the newest versions they allow today),
 # for Python 3.11 on x86-64 Linux with torch's CPU build.
-lock: setup
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q $$(grep -E '^uv==' $(LOCK))
 	echo "torch==$(TORCH)" > $(VENV)/torch-constraint.txt
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links "$(TORCH_WHEELS)" \
