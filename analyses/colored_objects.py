@@ -44,6 +44,7 @@ CLASSES = ["color mover", "object mover", "other direct", "query composer", "key
            "value feeder"]
 DIRECT = ("color mover", "object mover", "other direct")
 FLOOR = 0.8  # below this clean accuracy the model does not do the task: nothing to analyse
+MIN_N = 16  # fewer prompts give no usable bootstrap interval
 
 
 def scene_sizes(spec: str) -> list[int]:
@@ -332,11 +333,13 @@ class Result:
 
 @torch.no_grad()
 def run(spec: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | None = None, progress: bool = True,
-        floor: float = FLOOR) -> Result:
-    """Every step on ``spec``."""
+        floor: float = FLOOR, min_n: int = MIN_N) -> Result:
+    """Every step on ``spec`` (``n`` >= ``min_n`` prompts, so that the intervals mean something)."""
     from circuits.models import load_model
     from circuits.names import parse_node
 
+    if n < min_n:
+        raise ValueError(f"n={n} prompts is too few for a bootstrap interval; use at least {min_n}")
     t0 = time.time()
     model = load_model(spec, device=device)
     ps, options = prompts(model, spec, n, seed, floor)

@@ -36,6 +36,7 @@ from analyses.common import run_analysis, safe_name
 
 FLOOR = 0.8  # a form the model answers less often than this is not analysed
 TAU = 0.9  # AF1's faithfulness threshold (accuracy relative to the full model)
+MIN_N = 16  # fewer prompts give no usable bootstrap interval
 
 
 def task_of(spec: str) -> tuple[str, dict[str, Any]]:
@@ -167,10 +168,12 @@ class Result:
 
 @torch.no_grad()
 def run(spec: str = "zoo:toyworld", n: int = 64, seed: int = 0, device: str | None = None,
-        floor: float = FLOOR) -> Result:
-    """Every step on ``spec``."""
+        floor: float = FLOOR, min_n: int = MIN_N) -> Result:
+    """Every step on ``spec`` (``n`` >= ``min_n`` prompts per form, so that the intervals mean something)."""
     from circuits.models import load_model
 
+    if n < min_n:
+        raise ValueError(f"n={n} prompts is too few for a bootstrap interval; use at least {min_n}")
     t0 = time.time()
     model = load_model(spec, device=device)
     sets = prompts(model, spec, n, seed, floor)

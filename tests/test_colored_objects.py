@@ -15,14 +15,14 @@ def strict_json(path):
 
 def test_a_model_that_fails_the_task_is_refused_before_analysis(model_dirs, tmp_path, capsys):
     """A tiny random model answers at chance: the analysis says so instead of analysing noise."""
-    rc = co.main(["--model", model_dirs[("gpt2", "word")], "--n", "8", "--device", "cpu", "--out", str(tmp_path)])
+    rc = co.main(["--model", model_dirs[("gpt2", "word")], "--n", "16", "--device", "cpu", "--out", str(tmp_path)])
     assert rc == 2
     assert "does not do the task" in capsys.readouterr().err
     assert not (tmp_path / "colored_objects").exists() or not any((tmp_path / "colored_objects").iterdir())
 
 
 def test_the_pipeline_writes_its_documented_keys(model_dirs, tmp_path):
-    r = co.run(model_dirs[("gpt2", "word")], n=8, seed=0, device="cpu", progress=False, floor=0.0)
+    r = co.run(model_dirs[("gpt2", "word")], n=8, seed=0, device="cpu", progress=False, floor=0.0, min_n=4)
     co.write(r, str(tmp_path))
     d = strict_json(tmp_path / "colored_objects.json")
     assert {"settings", "prompts", "head_patching", "path_patching", "circuit", "faithfulness", "random_circuits",
@@ -55,3 +55,8 @@ def test_on_toyworld_the_circuit_beats_random_circuits_of_its_size(toyworld_resu
     assert f.faithfulness > 0.6 and f.complement_faithfulness < 0.2
     assert f.faithfulness > rand["max"] and rand["circuit_beats"] == rand["n"]
     assert set(r.sizes) == {"n=2", "n=3", "n=4", "n=5"}  # the scene sizes toyworld was trained on
+
+
+def test_too_few_prompts_for_an_interval_are_refused(tmp_path, capsys):
+    assert co.main(["--n", "8", "--out", str(tmp_path)]) == 2
+    assert "too few for a bootstrap interval" in capsys.readouterr().err

@@ -10,12 +10,12 @@ from analyses import mental_math as mm
 
 
 def test_a_model_that_solves_no_form_is_refused(model_dirs, tmp_path, capsys):
-    rc = mm.main(["--model", model_dirs[("gpt2", "word")], "--n", "8", "--device", "cpu", "--out", str(tmp_path)])
+    rc = mm.main(["--model", model_dirs[("gpt2", "word")], "--n", "16", "--device", "cpu", "--out", str(tmp_path)])
     assert rc == 2 and "solves none of its mental_math forms" in capsys.readouterr().err
 
 
 def test_the_pipeline_writes_its_documented_keys(tmp_path):
-    r = mm.run("zoo:toyworld", n=12, seed=0, device="cpu")
+    r = mm.run("zoo:toyworld", n=12, seed=0, device="cpu", min_n=8)
     mm.write(r, str(tmp_path))
     d = json.loads((tmp_path / "mental_math.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert {"settings", "forms", "skipped_forms", "knockout", "af1", "provenance"} <= set(d)
