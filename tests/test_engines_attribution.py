@@ -36,7 +36,7 @@ def test_ig_identities_and_node_sums(arch, engine_models):
     ps = build_task("ioi", model.tokenizer, n=5, seed=3)
     eap = attribute_edges(model, ps, per_position=True)
     for method in ("eap-ig-inputs", "eap-ig-activations"):
-        one = attribute_edges(model, ps, method=method, steps=1)
+        one = attribute_edges(model, ps, method=method, steps=1, rule="right")  # the clean point alone
         torch.testing.assert_close(one.scores, eap.scores, atol=1e-6, rtol=1e-5)
         five = attribute_edges(model, ps, method=method, steps=5)
         assert not torch.allclose(five.scores, eap.scores)
@@ -73,3 +73,28 @@ def test_attribution_errors(engine_models):
         attribute_edges(model, ps, method="ig")
     with pytest.raises(ValueError, match="steps"):
         attribute_edges(model, ps, method="eap-ig-inputs", steps=0)
+
+
+def test_integration_rules_place_their_points_and_weights():
+    from circuits.engines.attribution import ig_points
+
+    assert ig_points("left", 4) == [(0.0, 0.25), (0.25, 0.25), (0.5, 0.25), (0.75, 0.25)]
+    assert ig_points("right", 2) == [(0.5, 0.5), (1.0, 0.5)]
+    assert ig_points("midpoint", 2) == [(0.25, 0.5), (0.75, 0.5)]
+    assert ig_points("trapezoid", 2) == [(0.0, 0.25), (0.5, 0.5), (1.0, 0.25)]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        ig_points("simpson", 2)
+
+
+@pytest.mark.parametrize("method", ["eap-ig-inputs", "eap-ig-activations"])
+def test_completeness_gap_closes_with_more_steps_and_auto_says_when(method, engine_models):
+    """Integrated gradients sum to M(clean) - M(corrupted) in the limit: the reported gap shrinks as
+    the steps grow, and steps='auto' stops at the first step count within the tolerance."""
+    model = engine_models("gpt2")
+    ps = build_task("ioi", model.tokenizer, n=6, seed=1)
+    gaps = [attribute_edges(model, ps, method=method, steps=k).settings["completeness"]["gap"] for k in (1, 4, 32)]
+    assert gaps[2] < gaps[0] and gaps[2] < 0.05
+    auto = attribute_edges(model, ps, method=method, steps="auto", tolerance=0.1)
+    history = auto.settings["auto_steps"]["history"]
+    assert auto.settings["completeness"]["converged"] == (history[-1]["gap"] <= 0.1)
+    assert all(h["gap"] > 0.1 for h in history[:-1]) and auto.settings["steps"] == history[-1]["steps"]
