@@ -1,4 +1,4 @@
-"""The ``circuits`` command: tasks, prompt sets, model info and the zoo. Run ``circuits --help``.
+"""The ``circuits`` command: tasks, prompt sets, model info, the zoo and circuit exports. Run ``circuits --help``.
 
 Analyses are not commands of the library: each runs as a module of its own
 (``python -m analyses.ioi``, ``python -m analyses.discover``; see the Makefile).
@@ -77,6 +77,24 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     return zoo_cli.run(args.action, names=args.names, write_cards=args.write_cards)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from circuits.graph.export import check_format, export, render_dot
+    from circuits.graph.serialize import read_circuit
+
+    fmt = check_format(args.format)  # bad input fails before anything is read or written
+    if args.render and (fmt != "dot" or args.render not in ("pdf", "svg", "png")):
+        raise ValueError(f"--render {args.render!r}: expected pdf, svg or png, with --format dot")
+    circuit = read_circuit(args.circuit, keep=fmt == "mib")  # MIB in, MIB out: every score carries over
+    out = export(circuit, args.out, fmt, title=args.title)
+    print(f"wrote {out}")
+    if args.render:
+        with open(out) as f:
+            rendered = render_dot(f.read(), f"{out.removesuffix('.dot')}.{args.render}", args.render)
+        if rendered:
+            print(f"wrote {rendered}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line (``circuits <cmd> --help`` shows the usage)."""
 
@@ -113,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--write-cards", action="store_true",
                    help="with check: rewrite the model cards and zoo-check.json from the measured numbers")
     s.set_defaults(fn=_cmd_zoo)
+
+    s = sub.add_parser("export", help="export a circuit as dot, tikz, pdf, svg, png, graphml, mib or json")
+    s.add_argument("circuit", help="a Circuit JSON, a result file holding one under \"circuit\" (ioi.json), "
+                                   "or a MIB / EAP-IG graph JSON")
+    s.add_argument("--format", required=True, help="json, mib, graphml, dot, tikz, pdf, svg or png")
+    s.add_argument("--out", required=True, help="the file to write")
+    s.add_argument("--title", help="the drawing's title (default: the circuit's task and model; '' for none)")
+    s.add_argument("--render", help="with --format dot: also render it with Graphviz as pdf, svg or png")
+    s.set_defaults(fn=_cmd_export)
     return p
 
 

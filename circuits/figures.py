@@ -166,16 +166,25 @@ def _nodes_and_edges(nodes: Mapping[str, str], edges: Sequence[Edge], n_layers: 
                      ) -> tuple[dict[str, tuple[float, tuple]], list[tuple[str, str, str, float | None]]]:
     """Drawn nodes {name: (level, sort key)} and edges (source, target, component, weight)."""
     placed: dict[str, tuple[float, tuple]] = {}
-
+    at_position: dict[str, list[str]] = {}  # a head's unpositioned name -> its positioned nodes
     for name in nodes:
-        drawn, lvl, _, key = _placed(names.parse_node(name), n_layers)
+        node = names.parse_node(name)
+        drawn, lvl, _, key = _placed(node, n_layers)
         placed.setdefault(drawn, (lvl, key))
+        if node.pos:
+            at_position.setdefault(node.unpositioned().name, []).append(drawn)
+
+    def attach(drawn: str) -> str:  # an edge end naming a head that the circuit holds at one position
+        held = at_position.get(drawn, [])
+        return held[0] if drawn not in placed and len(held) == 1 else drawn
+
     out = []
     for e in edges:
         if len(e) not in (2, 3):
             raise ValueError(f"an edge is (source, target) or (source, target, weight), got {e!r}")
         u, ulvl, _, ukey = _endpoint(str(e[0]), False, n_layers)
         v, vlvl, comp, vkey = _endpoint(str(e[1]), True, n_layers)
+        u, v = attach(u), attach(v)
         placed.setdefault(u, (ulvl, ukey))
         placed.setdefault(v, (vlvl, vkey))
         out.append((u, v, comp, None if len(e) == 2 or e[2] is None else float(e[2])))

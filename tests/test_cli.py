@@ -16,7 +16,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("tasks", "build", "info", "zoo"):
+    for cmd in ("tasks", "build", "info", "zoo", "export"):
         assert cmd in out
     assert "analyses.ioi" not in out  # analyses run as modules of their own (python -m analyses.ioi)
 

@@ -145,12 +145,15 @@ def test_faithfulness_curve_on_planted_model(planted):
     assert type(cur).from_dict(cur.to_dict()) == cur
 
 
-def test_edge_engine_refuses_a_model_whose_queries_are_not_ln1_then_w_q(engine_models):
+def test_edge_engine_refuses_a_model_whose_queries_are_not_ln1_then_w_q(tmp_path, word_tokenizer):
     """Edge-level evaluation computes readers' inputs by hand; a q changed after W_Q (here by a
-    hook, as QK-norm would) must be refused by name, not evaluated wrongly."""
+    hook, as QK-norm would) must be refused by name, not evaluated wrongly. (The check runs once per
+    model, so the model is a fresh one.)"""
     from circuits.engines.sites import hook_at
+    from circuits.models import load_model
+    from tests.conftest import write_tiny_model
 
-    model = engine_models("gpt2")
+    model = load_model(write_tiny_model(tmp_path, "gpt2", word_tokenizer), device="cpu")
     ps = build_task("ioi", model.tokenizer, n=3, seed=0)
     g = edge_graph(model)
     with model.hooks(fwd_hooks=[(hook_at("q", 1), lambda q, hook: q * 1.5)]):

@@ -239,3 +239,13 @@ def test_bars_draw_one_bar_per_defined_value_with_intervals():
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.8, 0.9, 1.0]  # the undefined value is left out, not drawn as 0
     assert [t.get_text() for t in ax.get_xticklabels()] == ["n=2", "n=3"]
+
+
+def test_an_edge_to_a_head_held_at_one_position_joins_that_node():
+    """A circuit holds a1.h0 at END; an edge into its query input must end at that node, not at a
+    second, grey copy of the head."""
+    from circuits.figures import circuit_layout
+
+    layout = circuit_layout({"a0.h2@S2": "induction", "a1.h0@END": "mover"},
+                            [("a0.h2@S2", "a1.h0<q>"), ("a1.h0@END", "logits")], 2)
+    assert set(layout) == {"a0.h2@S2", "a1.h0@END", "logits"}

@@ -13,6 +13,7 @@ from scipy.cluster.hierarchy import dendrogram
 
 from circuits.graph import Circuit, Shape, draw
 from circuits.graph import compare as cmp
+from circuits.graph import regimes as reg
 from circuits.scores import Scores
 
 S = Shape(3, 4, 4)
@@ -81,8 +82,8 @@ def test_empty_against_empty_is_undefined_never_nan():
 
 
 @pytest.mark.parametrize("fn", [cmp.overlap, cmp.node_jaccard, cmp.edge_jaccard, cmp.head_jaccard,
-                                cmp.overlap_coefficient, cmp.weighted_jaccard, cmp.symmetric_effect,
-                                cmp.regime_change])
+                                cmp.overlap_coefficient, cmp.weighted_jaccard, reg.symmetric_effect,
+                                reg.regime_change])
 def test_different_model_shapes_refuse_to_compare(fn):
     with pytest.raises(ValueError, match="different shapes"):
         fn(heads("a0.h0"), heads("a0.h0", shape=Shape(2, 4, 4)))
@@ -90,7 +91,7 @@ def test_different_model_shapes_refuse_to_compare(fn):
 
 def test_several_circuits_of_different_shapes_refuse_to_compare():
     mixed = {"a": heads("a0.h0"), "b": heads("a0.h0", shape=Shape(2, 4, 4))}
-    for fn in (cmp.similarity, cmp.shared_parts, cmp.cohorts):
+    for fn in (cmp.similarity, cmp.shared_parts, reg.cohorts):
         with pytest.raises(ValueError, match="different shapes"):
             fn(mixed)
     with pytest.raises(ValueError, match="different shapes"):
@@ -171,19 +172,19 @@ def test_threshold_sweep_with_unscored_cells_draws_from_the_scored_ones():
 def test_symmetric_effect_by_hand():
     pre = heads("a0.h0", "a0.h1", scores={"a0.h0": 3.0, "a0.h1": 1.0})  # I_pre = .75, .25
     post = heads("a0.h1", "a1.h0")  # unscored: I_post = .5, .5
-    e = cmp.symmetric_effect(pre, post)
+    e = reg.symmetric_effect(pre, post)
     assert e == pytest.approx({"a0.h0": -1.0, "a0.h1": (0.5 - 0.25) / 0.75, "a1.h0": 1.0}, abs=1e-5)
-    assert cmp.symmetric_effect(pre, post, eps=0.25) == pytest.approx({"a0.h0": -0.75, "a0.h1": 0.25, "a1.h0": 0.5 / 0.75})
-    r = cmp.regime_change(pre, post)
+    assert reg.symmetric_effect(pre, post, eps=0.25) == pytest.approx({"a0.h0": -0.75, "a0.h1": 0.25, "a1.h0": 0.5 / 0.75})
+    r = reg.regime_change(pre, post)
     assert (r.emergent, r.retained, r.lost) == (["a1.h0"], ["a0.h1"], ["a0.h0"])
     assert r.importance_pre == {"a0.h0": 0.75, "a0.h1": 0.25}
     roundtrip(r)
 
 
 def test_three_checkpoints_cohorts_and_head_sets():
-    r = cmp.regime_change(PRE, CKPTS["s300"])
+    r = reg.regime_change(PRE, CKPTS["s300"])
     assert (r.emergent, r.retained, r.lost) == (["a1.h1"], ["a0.h0"], ["a0.h1"])
-    c = cmp.cohorts(CKPTS, PRE)
+    c = reg.cohorts(CKPTS, PRE)
     t = c.table()
     assert [h.head for h in c.heads] == ["a0.h0", "a0.h1", "a1.h0", "a1.h1"]
     assert (t["a0.h0"].first, t["a0.h0"].count, t["a0.h0"].final, t["a0.h0"].cohort) == ("s100", 3, True, "pre")
@@ -195,11 +196,11 @@ def test_three_checkpoints_cohorts_and_head_sets():
                        "s300": {"pre": 1, "s200": 1}}
     assert roundtrip(c).to_dict()["heads"][3]["cohort"] == "s200"
     with pytest.raises(ValueError, match="labelled 'pre'"):
-        cmp.cohorts({"pre": PRE}, PRE)
+        reg.cohorts({"pre": PRE}, PRE)
 
 
 def test_effects_over_checkpoints_by_hand():
-    ce = cmp.checkpoint_effects(PRE, CKPTS)  # unscored: I is uniform over each circuit's heads
+    ce = reg.checkpoint_effects(PRE, CKPTS)  # unscored: I is uniform over each circuit's heads
     assert ce.steps == ["s100", "s200", "s300"] and ce.heads == ["a0.h0", "a0.h1", "a1.h0", "a1.h1"]
     # s200: a0.h0 (1/3 - 1/2) / (1/3 + 1/2) = -0.2
     expected = {"a0.h0": [0, -0.2, 0], "a0.h1": [-1, -1, -1], "a1.h0": [1, 1, 0], "a1.h1": [0, 1, 1]}
@@ -287,15 +288,15 @@ def test_similarity_figure_rows_follow_the_dendrogram():
 
 
 def test_effect_and_cohort_figures():
-    ce = cmp.checkpoint_effects(PRE, CKPTS)
+    ce = reg.checkpoint_effects(PRE, CKPTS)
     fig = draw.effect_heatmap(ce)
     im = fig.axes[0].images[0]
     assert im.get_array().shape == (4, 4) and im.get_clim() == (-1.0, 1.0)  # 3 checkpoints + mean, 4 heads
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["s100", "s200", "s300", "mean"]
-    regimes = {"SFT": cmp.regime_change(PRE, CKPTS["s300"]), "GRPO": {"a2.h0": 0.5}}
+    regimes = {"SFT": reg.regime_change(PRE, CKPTS["s300"]), "GRPO": {"a2.h0": 0.5}}
     assert draw.effect_heatmap(regimes).axes[0].images[0].get_array().shape == (2, 4)
 
-    c = cmp.cohorts(CKPTS, PRE)
+    c = reg.cohorts(CKPTS, PRE)
     fig = draw.cohort_figure(c)
     presence = next(a for a in fig.axes if a.get_label() == "presence")
     drawn = np.asarray(presence.images[0].get_array()) > 0

@@ -16,6 +16,7 @@ faithfulness curve costs about one forward pass per circuit.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,13 +61,20 @@ def _ablated_writers(model: Any, ps: PromptSet, ablation: str, reference: Prompt
     return pos_mean[None].expand(len(ps), *pos_mean.shape)
 
 
+_READERS_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> None (fine) or the reason
+
+
 def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
-    layers = range(graph.n_layers)
-    names = [hook_at("resid_pre", layer) for layer in layers]
-    names += [hook_at(c, layer) for layer in layers for c in "qkv"]
-    _, store = forward.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
-    ok, why = check_receiver_inputs(model, store, [(layer, 0, c) for layer in layers for c in "qkv"])
-    if not ok:
+    """Once per model: are each head's q/k/v its input norm then W_Q/W_K/W_V? A clear error if not."""
+    if model not in _READERS_OK:
+        layers = range(graph.n_layers)
+        names = [hook_at("resid_pre", layer) for layer in layers]
+        names += [hook_at(c, layer) for layer in layers for c in "qkv"]
+        _, store = forward.run_with_store(model, ps.clean[:2], ps.positions["END"][:2], names)
+        ok, why = check_receiver_inputs(model, store, [(layer, 0, c) for layer in layers for c in "qkv"])
+        _READERS_OK[model] = None if ok else why
+    why = _READERS_OK[model]
+    if why is not None:
         raise ValueError("edge-level evaluation needs each head's q/k/v to be its input norm followed by "
                          f"W_Q/W_K/W_V (true for GPT-2, Llama, Qwen2, GPT-NeoX); on this model {why}")
 
@@ -145,37 +153,71 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
     return hooks
 
 
-@torch.no_grad()
+class EdgeEvaluator:
+    """Evaluates many edge circuits of one prompt set, preparing once: the prompts checked and on the
+    model's device, the reader check (once per model), and the writers' ablated values (one forward).
+
+    ``logits(circuits)``: END logits [n, b, vocab] of each circuit (boolean [W, R] masks, True = kept),
+    in tiled forward passes sized to ``memory_budget``; ``metric(circuits)``: the metric per prompt [n, b].
+    """
+
+    def __init__(self, model: Any, ps: PromptSet, *, ablation: str = "corrupted", reference: PromptSet | None = None,
+                 metric: str | Metric = "logit_diff", memory_budget: int | None = None):
+        if ablation not in ABLATIONS:
+            raise ValueError(f"edge ablation must be one of {ABLATIONS}, got {ablation!r}")
+        self.model, self.graph, self.memory_budget = model, edge_graph(model), memory_budget
+        self.run = EngineRun(model, ps, metric)  # metric(): only the tokens the metric reads are unembedded
+        self.ps = self.run.ps
+        _check_reader_inputs(model, self.graph, self.ps)
+        with torch.no_grad():
+            self.ablated = _ablated_writers(model, self.ps, ablation, reference)
+
+    def _check(self, circuits: Sequence[Tensor]) -> None:
+        for i, c in enumerate(circuits):
+            if tuple(c.shape) != tuple(self.graph.mask.shape):
+                raise ValueError(f"circuit {i} has shape {tuple(c.shape)}; the edge graph is "
+                                 f"{tuple(self.graph.mask.shape)}")
+
+    @torch.no_grad()
+    def logits(self, circuits: Sequence[Tensor], progress: bool = False) -> Tensor:
+        """END logits [n_circuits, b, vocab] over the whole vocabulary (on the model's device)."""
+        return self._logits(circuits, progress)
+
+    def _logits(self, circuits: Sequence[Tensor], progress: bool) -> Tensor:
+        self._check(circuits)
+        b, p = self.ps.clean.shape
+        d = int(self.model.cfg.d_model)
+        budget = forward.DEFAULT_MEMORY_BUDGET if self.memory_budget is None else self.memory_budget
+        row_bytes = budget // forward.rows_per_forward(self.model, p, budget) + 3 * 4 * len(self.graph.writers) * d * p
+        per = max(1, budget // (b * row_bytes))
+        out = []
+        groups = list(forward.chunks(list(circuits), per))
+        mask = self.graph.mask.to(self.ablated.device)
+        for chunk in tqdm(groups, desc="edge circuits", disable=not progress or len(groups) < 2, leave=False):
+            n = len(chunk)
+            masks = torch.stack([c.to(self.ablated.device).bool() & mask for c in chunk])
+            hooks = _edge_hooks(self.model, self.graph, masks, self.ablated, n, b)
+            logits = forward.end_logits(self.model, forward.tile(self.ps.clean, n),
+                                        forward.tile(self.ps.positions["END"], n), hooks)
+            out.append(logits.reshape(n, b, -1))
+        return torch.cat(out) if out else torch.empty(0, b, 0)
+
+    @torch.no_grad()
+    def metric(self, circuits: Sequence[Tensor], progress: bool = False) -> Tensor:
+        """The metric per prompt [n_circuits, b] (on the CPU)."""
+        with self.run:
+            logits = self._logits(circuits, progress)
+            return torch.stack([self.run.evaluate(lg) for lg in logits]).cpu() if len(logits) else torch.empty(0)
+
+
 def evaluate_edge_circuits(model: Any, ps: PromptSet, circuits: Sequence[Tensor], *, ablation: str = "corrupted",
                            reference: PromptSet | None = None, metric: str | Metric = "logit_diff",
                            memory_budget: int | None = None, progress: bool = False,
                            return_logits: bool = False) -> Tensor:
     """Per-prompt metric [n_circuits, b] of each edge circuit (boolean [W, R] masks, True = kept).
 
-    With ``return_logits`` the END logits [n_circuits, b, vocab] are returned instead.
+    With ``return_logits`` the END logits [n_circuits, b, vocab] are returned instead. For many
+    calls on one prompt set, build an :class:`EdgeEvaluator` once.
     """
-    if ablation not in ABLATIONS:
-        raise ValueError(f"edge ablation must be one of {ABLATIONS}, got {ablation!r}")
-    graph = edge_graph(model)
-    for i, c in enumerate(circuits):
-        if tuple(c.shape) != tuple(graph.mask.shape):
-            raise ValueError(f"circuit {i} has shape {tuple(c.shape)}; the edge graph is {tuple(graph.mask.shape)}")
-    with EngineRun(model, ps, metric, full_vocabulary=return_logits) as run:
-        ps = run.ps
-        _check_reader_inputs(model, graph, ps)
-        ablated = _ablated_writers(model, ps, ablation, reference)
-        b, p = ps.clean.shape
-        d = int(model.cfg.d_model)
-        budget = forward.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-        row_bytes = budget // forward.rows_per_forward(model, p, budget) + 3 * 4 * len(graph.writers) * d * p
-        per = max(1, budget // (b * row_bytes))
-        out = []
-        groups = list(forward.chunks(list(circuits), per))
-        for chunk in tqdm(groups, desc="edge circuits", disable=not progress or len(groups) < 2, leave=False):
-            n = len(chunk)
-            masks = torch.stack([c.to(ablated.device).bool() & graph.mask.to(ablated.device) for c in chunk])
-            hooks = _edge_hooks(model, graph, masks, ablated, n, b)
-            logits = forward.end_logits(model, forward.tile(ps.clean, n), forward.tile(ps.positions["END"], n), hooks)
-            logits = logits.reshape(n, b, -1)
-            out.append(logits if return_logits else torch.stack([run.evaluate(lg) for lg in logits]))
-    return torch.cat(out).cpu()
+    ev = EdgeEvaluator(model, ps, ablation=ablation, reference=reference, metric=metric, memory_budget=memory_budget)
+    return ev.logits(circuits, progress).cpu() if return_logits else ev.metric(circuits, progress)

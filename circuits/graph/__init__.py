@@ -7,3 +7,8 @@ or the tasks. ``circuits.graph.circuit`` is plain data, which the engines may re
 from circuits.graph.circuit import Circuit, NodeInfo, Shape
 
 __all__ = ["Circuit", "NodeInfo", "Shape"]
+# the rest, imported where used (each pulls in networkx, scipy or matplotlib):
+#   circuits.graph.compare - overlaps, weighted Jaccard, threshold sweeps with a null, regimes, similarity
+#   circuits.graph.draw - heatmaps with circuit heads, sweep curves, similarity dendrogram, E and cohorts
+#   circuits.graph.serialize - JSON, networkx, GraphML; circuits.graph.mib - MIB / EAP-IG graph JSON
+#   circuits.graph.export - DOT, TikZ, PDF/SVG/PNG and every format to a file (circuits export)

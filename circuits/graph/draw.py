@@ -18,15 +18,8 @@ from matplotlib.figure import Figure
 
 from circuits.figures import new_figure
 from circuits.graph.circuit import Circuit
-from circuits.graph.compare import (
-    CheckpointEffects,
-    Cohorts,
-    RegimeChange,
-    Similarity,
-    ThresholdSweep,
-    head_grid,
-    natural_sorted,
-)
+from circuits.graph.compare import Similarity, ThresholdSweep, head_grid, natural_sorted
+from circuits.graph.regimes import CheckpointEffects, Cohorts, RegimeChange
 
 _NAN = "lightgrey"
 
