@@ -103,7 +103,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``circuits`` argument parser: subcommands tasks, build, info and zoo, handler in ``fn``."""
+    """The ``circuits`` argument parser: subcommands tasks, build, info, zoo and export, handler in ``fn``."""
     p = _Parser(prog="circuits", description="Find, compare, export and edit circuits.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
