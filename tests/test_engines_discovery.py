@@ -159,3 +159,28 @@ def test_edge_engine_refuses_a_model_whose_queries_are_not_ln1_then_w_q(tmp_path
     with model.hooks(fwd_hooks=[(hook_at("q", 1), lambda q, hook: q * 1.5)]):
         with pytest.raises(ValueError, match="does not reproduce layer 1's hook_q"):
             evaluate_edge_circuits(model, ps, [g.mask])
+
+
+def test_a_tau_sweep_gives_exactly_the_circuits_of_single_calls(planted):
+    """Each tau of a sweep runs ACDC's own greedy pass; sharing forward passes and cached circuit
+    states must not change a single decision."""
+    model, ps = planted
+    taus = [0.0, 0.01, 0.05, 0.2, 1.0, 5.0]
+    sweep = acdc(model, ps, taus, progress=False)
+    assert list(sweep) == taus
+    for t in taus:
+        single = acdc(model, ps, t, progress=False)
+        assert set(sweep[t].edges) == set(single.edges), t
+        assert sweep[t].settings["final_objective"] == pytest.approx(single.settings["final_objective"], abs=1e-6)
+    # larger thresholds keep fewer edges here, and the shared passes evaluated fewer states than the taus' logs
+    sizes = [len(sweep[t].edges) for t in taus]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    assert sweep[taus[0]].settings["evaluations"] < sum(len(sweep[t].settings["log"]) for t in taus)
+
+
+def test_a_relative_tau_is_a_fraction_of_the_objectives_range(planted):
+    model, ps = planted
+    c = acdc(model, ps, 0.05, objective="logit_diff", tau_relative=True, progress=False)
+    s = c.settings
+    assert s["tau_abs"] == pytest.approx(0.05 * abs(s["objective_empty"] - s["objective_full"]))
+    assert set(c.edges) == set(acdc(model, ps, s["tau_abs"], objective="logit_diff", progress=False).edges)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +18,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.engines.common import prepare_prompts
 from circuits.engines.edges import EdgeGraph, edge_graph
 from circuits.graph.circuit import Circuit
-from circuits.metrics import kl_rows
+from circuits.metrics import kl_rows, logit_diff
 from circuits.names import Node, parse_edge, parse_reader
 from circuits.prompts import PromptSet
 from circuits.records import Record
@@ -135,55 +134,79 @@ def check_tau(tau: Any) -> float:
 
 
 @torch.no_grad()
-def acdc(model: Any, ps: PromptSet, tau: float, *, objective: str = "kl", candidates: Tensor | None = None,
-         ablation: str = "corrupted", reference: PromptSet | None = None, progress: bool = True,
-         memory_budget: int | None = None) -> Circuit:
+def acdc(model: Any, ps: PromptSet, tau: float | Sequence[float], *, objective: str = "kl",
+         candidates: Tensor | None = None, ablation: str = "corrupted", reference: PromptSet | None = None,
+         tau_relative: bool = False, progress: bool = True, memory_budget: int | None = None
+         ) -> Circuit | dict[float, Circuit]:
     """ACDC (Conmy et al.): from the logits backwards, drop every edge whose removal changes the
     objective by less than ``tau``.
 
-    objective "kl": mean KL(clean || circuit) at END (the paper's default); "logit_diff": the
-    change of the mean logit difference. ``candidates`` (a mask, e.g. EAP's top edges) restricts
-    the search: edges outside it are removed from the start.
+    objective "kl": mean KL(clean || circuit) at END, in nats (the paper's default); "logit_diff": the
+    change of the mean logit difference. ``candidates`` (a mask, e.g. EAP's top edges) restricts the
+    search: edges outside it are removed from the start. ``tau_relative``: tau is a fraction of the
+    objective's whole range, |objective(no edge) - objective(every edge)|, so one setting means the
+    same on models whose logit differences differ.
+
+    A list of taus is a sweep: every tau runs ACDC's own greedy pass (so each circuit is exactly what a
+    single call would give), the passes advance together, their trial circuits are evaluated in shared
+    tiled forward passes, and a circuit state met before is not evaluated again. Returns a Circuit, or
+    {tau: Circuit} for a list.
     """
-    from circuits.engines.edge_patching import evaluate_edge_circuits
-    from circuits.metrics import logit_diff
+    from circuits.engines.edge_patching import EdgeEvaluator
 
     if objective not in ("kl", "logit_diff"):
         raise ValueError(f"objective must be 'kl' or 'logit_diff', got {objective!r}")
-    check_tau(tau)
+    sweep = not isinstance(tau, (int, float)) or isinstance(tau, bool)
+    taus = [check_tau(t) for t in (list(tau) if sweep else [tau])]
+    if not taus:
+        raise ValueError("a tau sweep needs at least one tau")
     graph = edge_graph(model)
-    ps = prepare_prompts(model, ps)
-    mask = graph.mask.clone() if candidates is None else (candidates.bool() & graph.mask)
+    ev = EdgeEvaluator(model, ps, ablation=ablation, reference=reference, memory_budget=memory_budget)
+    start = graph.mask.clone() if candidates is None else (candidates.bool() & graph.mask)
+    clean_logits = ev.logits([graph.mask])[0]
+    ps_cpu = ev.ps.to("cpu")
+    cache: dict[bytes, float] = {}
 
-    def value(m: Tensor) -> float:
-        lg = evaluate_edge_circuits(model, ps, [m], ablation=ablation, reference=reference, return_logits=True,
-                                    memory_budget=memory_budget)[0]
-        if objective == "kl":
-            return float(kl_rows(lg, clean_logits).mean())
-        return float(logit_diff(lg, ps.to("cpu")).mean())
+    def values(masks: list[Tensor]) -> list[float]:
+        """The objective of each mask; each new circuit state is evaluated once, all in shared passes."""
+        todo = list({m.numpy().tobytes(): m for m in masks if m.numpy().tobytes() not in cache}.items())
+        if todo:
+            logits = ev.logits([m for _, m in todo])
+            for (k, _), lg in zip(todo, logits):
+                cache[k] = (float(kl_rows(lg, clean_logits).mean()) if objective == "kl"
+                            else float(logit_diff(lg.cpu(), ps_cpu).mean()))
+        return [cache[m.numpy().tobytes()] for m in masks]
 
-    clean_logits = evaluate_edge_circuits(model, ps, [graph.mask], ablation=ablation, reference=reference,
-                                          return_logits=True)[0]
-    current = value(mask)
+    full, empty = values([graph.mask.clone(), torch.zeros_like(graph.mask)])
+    scale = abs(empty - full) if tau_relative else 1.0
+    runs = [{"tau": t, "tau_abs": t * scale, "mask": start.clone(), "current": None, "log": []} for t in taus]
+    for r, v in zip(runs, values([r["mask"] for r in runs])):
+        r["current"] = v
     order = sorted(range(len(graph.readers)), key=lambda r: -graph.reader_layer(graph.readers[r]))
-    todo = [(w, r) for r in order for w in sorted(torch.nonzero(mask[:, r]).flatten().tolist(),
+    todo = [(w, r) for r in order for w in sorted(torch.nonzero(start[:, r]).flatten().tolist(),
                                                    key=lambda w: -graph.writer_layer(graph.writers[w]))]
-    log = []
-    for w, r in tqdm(todo, desc="acdc", disable=not progress, leave=False):
-        if not mask[w, r]:
-            continue
-        trial = mask.clone()
-        trial[w, r] = False
-        v = value(trial)
-        removed = abs(v - current) < tau
-        log.append({"edge": f"{graph.writers[w]}->{graph.readers[r]}", "before": current, "after": v,
-                    "removed": removed})
-        if removed:
-            mask, current = trial, v
-    mask = prune(graph, mask)
-    return circuit_from_mask(graph, mask, method="acdc", engine="acdc", tau=tau, objective=objective,
-                             ablation=ablation, candidates=None if candidates is None else int(candidates.sum()),
-                             final_objective=current, n_prompts=len(ps), log=log)
+    for w, r in tqdm(todo, desc="acdc" if not sweep else f"acdc ({len(taus)} taus)", disable=not progress,
+                     leave=False):
+        active = [run for run in runs if run["mask"][w, r]]
+        trials = []
+        for run in active:
+            trial = run["mask"].clone()
+            trial[w, r] = False
+            trials.append(trial)
+        for run, trial, v in zip(active, trials, values(trials)):
+            removed = abs(v - run["current"]) < run["tau_abs"]
+            run["log"].append({"edge": graph.edge(w, r), "before": run["current"], "after": v, "removed": removed})
+            if removed:
+                run["mask"], run["current"] = trial, v
+    out = {}
+    for run in runs:
+        out[run["tau"]] = circuit_from_mask(
+            graph, prune(graph, run["mask"]), method="acdc", engine="acdc", tau=run["tau"],
+            tau_relative=tau_relative, tau_abs=run["tau_abs"], objective=objective, ablation=ablation,
+            candidates=None if candidates is None else int(candidates.sum()), final_objective=run["current"],
+            objective_full=full, objective_empty=empty, n_prompts=len(ps), log=run["log"],
+            evaluations=len(cache), sweep=taus if sweep else None)
+    return out if sweep else out[taus[0]]
 
 
 def jaccard(a: Tensor, b: Tensor) -> float:

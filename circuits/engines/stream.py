@@ -58,6 +58,7 @@ def receiver_input(model: Any, layer: int, comp: str, x: Float[Tensor, "... pos 
     return out if bias is None else out + bias
 
 
+@torch.no_grad()
 def check_receiver_inputs(model: Any, store: dict[str, Tensor], receivers: Sequence[tuple[int, int, str]]
                           ) -> tuple[bool, str]:
     """(whether :func:`receiver_input` reproduces the hooked q/k/v of ``receivers`` (layer, head, comp)
