@@ -6,7 +6,12 @@ Same random GPT-2-small-shaped model and 8 x 16 prompt batch as bench_engines.py
    one pair at a time): target >= 2x faster;
 2. EAP-IG (inputs) with 5 steps vs our own EAP: target <= 5x the time;
 3. the MIB faithfulness curve (10 edge fractions, plus the full and empty circuits)
-   in plain forward-pass equivalents per fraction: target <= 10.
+   in plain forward-pass equivalents per fraction: target <= 10;
+4. an ACDC sweep of 20 taus on EAP-IG's top edges against 20 single-tau calls of the
+   previous implementation (every trial re-prepared the edge evaluation: ablated writers
+   and reader check; timed on 2 taus and scaled by 10), identical circuits required:
+   target >= 10x; and the time per tau in forward passes;
+5. the completeness gap of EAP-IG (inputs, activations) at the bench's step counts.
 
 Prints the ratios and writes results/bench/attribution.json.
 """
@@ -24,6 +29,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_engines import setup, timed  # noqa: E402
 
 
+def acdc_previous(model, ps, tau, candidates):
+    """ACDC as the previous implementation ran it (KL objective): every trial circuit through a fresh
+    ``evaluate_edge_circuits`` call, which prepares the ablated writers again. Returns the kept edges."""
+    import torch
+
+    from circuits.engines.discovery import prune
+    from circuits.engines.edge_patching import evaluate_edge_circuits
+    from circuits.engines.edges import edge_graph
+    from circuits.metrics import kl_rows
+
+    graph = edge_graph(model)
+    mask = candidates.bool() & graph.mask
+    clean = evaluate_edge_circuits(model, ps, [graph.mask], return_logits=True)[0]
+
+    def value(m):
+        return float(kl_rows(evaluate_edge_circuits(model, ps, [m], return_logits=True)[0], clean).mean())
+
+    current = value(mask)
+    order = sorted(range(len(graph.readers)), key=lambda r: -graph.reader_layer(graph.readers[r]))
+    for r in order:
+        for w in sorted(torch.nonzero(mask[:, r]).flatten().tolist(), key=lambda w: -graph.writer_layer(graph.writers[w])):
+            trial = mask.clone()
+            trial[w, r] = False
+            v = value(trial)
+            if abs(v - current) < tau:
+                mask, current = trial, v
+    mask = prune(graph, mask)
+    return [graph.edge(int(w), int(r)) for w, r in torch.nonzero(mask & graph.mask)]
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformer_lens.tools.analysis.attribution_patching import (
         EdgeAttributionConfig,
@@ -33,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from circuits import metrics
     from circuits.engines import fastpaths
     from circuits.engines.attribution import attribute_edges
+    from circuits.engines.discovery import acdc, select_topn
     from circuits.engines.mib import faithfulness_curve
     from circuits.io import atomic_write_json
 
@@ -62,14 +98,40 @@ def main(argv: list[str] | None = None) -> int:
     out["mib_curve"] = {"seconds": t_curve, "forward_seconds": t_fwd, "fractions": len(curve.percentages),
                         "forward_equivalents_per_fraction": per_fraction, "target_max": 10,
                         "cpr": curve.cpr, "cmd": curve.cmd}
+    print("[bench] ACDC sweep ...", flush=True)
+    cand = select_topn(ig.graph, ig.scores, 60, do_prune=False)
+    taus = [round(0.002 * 1.35 ** i, 6) for i in range(20)]
+    sweep, t_sweep = timed(lambda: acdc(model, ps, taus, candidates=cand, progress=False))
+    t_single = 0.0
+    for t in taus[4:16:6]:  # two taus, through the previous per-trial evaluation
+        old, dt = timed(lambda t=t: acdc_previous(model, ps, t, cand))
+        t_single += dt
+        if set(old) != set(sweep[t].edges):
+            raise RuntimeError(f"the sweep's circuit at tau {t} differs from a single call's")
+    t_20 = t_single / 2 * len(taus)
+    out["acdc_sweep"] = {"taus": len(taus), "candidates": int(cand.sum()), "sweep_seconds": t_sweep,
+                         "previous_20_single_seconds_scaled": t_20, "ratio": t_20 / t_sweep, "target_ratio": 10,
+                         "seconds_per_tau": t_sweep / len(taus), "forwards_per_tau": t_sweep / len(taus) / t_fwd,
+                         "evaluations": sweep[taus[0]].settings["evaluations"],
+                         "edges_per_tau": [len(sweep[t].edges) for t in taus]}
+    gaps = {}
+    for method in ("eap-ig-inputs", "eap-ig-activations"):
+        for k in (5, 10):
+            gaps[f"{method} {k} steps"] = attribute_edges(model, ps, method=method, steps=k).settings["completeness"]["gap"]
+    out["ig_completeness_gap"] = gaps
     out["fast_paths"] = fastpaths.report(model)
     atomic_write_json(args.out, out)
     print(f"fast paths: {fastpaths.summary(model)}")
     print(json.dumps({k: v for k, v in out.items() if isinstance(v, dict)}, indent=1))
-    print(f"\n{'benchmark':34s} {'value':>10s} {'target':>10s}")
-    print(f"{'EAP speed-up over transformer-lens':34s} {t_tl / t_eap:9.1f}x {'>= 2x':>10s}")
-    print(f"{'EAP-IG (5 steps) / EAP time':34s} {t_ig / t_eap:9.1f}x {'<= 5x':>10s}")
-    print(f"{'MIB curve, forwards per fraction':34s} {per_fraction:10.2f} {'<= 10':>10s}")
+    print(f"\n{'benchmark':48s} {'value':>10s} {'target':>10s}")
+    print(f"{'EAP speed-up over transformer-lens':48s} {t_tl / t_eap:9.1f}x {'>= 2x':>10s}")
+    print(f"{'EAP-IG (5 steps) / EAP time':48s} {t_ig / t_eap:9.1f}x {'<= 5x':>10s}")
+    print(f"{'MIB curve, forwards per fraction':48s} {per_fraction:10.2f} {'<= 10':>10s}")
+    a = out["acdc_sweep"]
+    print(f"{'ACDC 20-tau sweep vs 20 single calls':48s} {a['ratio']:9.1f}x {'>= 10x':>10s}")
+    print(f"{'ACDC sweep, forwards per tau':48s} {a['forwards_per_tau']:10.1f}")
+    for name, g in gaps.items():
+        print(f"{'IG completeness gap, ' + name:48s} {'undefined' if g is None else format(g, '.3f'):>10s}")
     print(f"wrote {args.out}")
     return 0
 
