@@ -14,7 +14,7 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning bench zoo zoo-check clean help
+.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
@@ -23,6 +23,7 @@ help:
 	@echo "make colored-objects  the circuit-reuse study's Colored Objects circuit, and its overlap with IOI"
 	@echo "make mental-math      All-for-One on mental math (MODEL and MODEL2)"
 	@echo "make recall-reasoning recall vs reasoning: specialised heads, layers, neurons, double dissociation"
+	@echo "make compare-tasks    circuits of every task by one method: overlap, cross-faithfulness, clusters (TASKS=a,b)"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml's ranges"
@@ -93,6 +94,11 @@ mental-math: setup
 
 recall-reasoning: setup
 	$(BIN)/python -m analyses.recall_reasoning --model $(MODEL) --n $(N) --seed $(SEED)
+
+# the pair compared in detail; the matrix and clustering cover every task the model was trained on
+TASKS ?= ioi,colored_objects
+compare-tasks: setup
+	$(BIN)/python -m analyses.compare_tasks --model $(MODEL) --tasks $(TASKS) --n $(N) --seed $(SEED)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

@@ -96,20 +96,26 @@ def save_figure(fig: Figure, stem: str | os.PathLike, formats: str | Sequence[st
 
 
 def heatmaps(panels: Mapping[str, Any], *, title: str = "", cbar: str = "", center: float = 0.0,
-             ncols: int = 5) -> Figure:
+             ncols: int = 5, outlines: Mapping[str, Any] | None = None) -> Figure:
     """One (layer x head) heatmap per panel, in a grid of ``ncols`` columns.
 
     ``panels`` maps a panel title to a 2-D array-like ``[layer, head]`` of scores (numpy,
     nested lists, or a CPU tensor), any unit; ``cbar`` names that unit on the colorbar.
     Colours are RdBu on one scale shared by all panels, symmetric around ``center``; NaN
-    cells are drawn light grey. Returns the Figure (save it with :func:`save_figure`).
+    cells are drawn light grey. ``outlines`` maps a panel title to the (layer, head) cells
+    to outline in black (gid ``circuit-head``). Returns the Figure (save it with
+    :func:`save_figure`).
     """
     import numpy as np
+    from matplotlib.patches import Rectangle
     from matplotlib.ticker import MaxNLocator
 
     if not panels:
         raise ValueError("heatmaps needs at least one panel")
     titles = list(panels)
+    unknown = sorted(set(outlines or {}) - set(titles))
+    if unknown:
+        raise ValueError(f"outlines name panels {unknown} that are not among {titles}")
     arrays = [np.asarray(panels[t], dtype=float) for t in titles]
     for t, a in zip(titles, arrays):
         if a.ndim != 2:
@@ -133,6 +139,12 @@ def heatmaps(panels: Mapping[str, Any], *, title: str = "", cbar: str = "", cent
         for axis, n in ((ax.xaxis, a.shape[1]), (ax.yaxis, a.shape[0])):
             axis.set_major_locator(MaxNLocator(nbins=min(max(n, 1), 16), integer=True))
         ax.tick_params(labelsize=7)
+        for layer, head in sorted((outlines or {}).get(t, ())):
+            if not (0 <= layer < a.shape[0] and 0 <= head < a.shape[1]):
+                raise ValueError(f"panel {t!r}: outlined cell (layer {layer}, head {head}) lies outside its "
+                                 f"{a.shape[0]} x {a.shape[1]} grid")
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.6,
+                                   gid="circuit-head"))
     fig.colorbar(im, ax=axes, shrink=0.8, label=cbar)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -256,6 +256,29 @@ def test_head_heatmap_outlines_each_circuit_head_and_centres_on_zero():
         draw.head_heatmap(np.zeros((2, 4)), c)
 
 
+def test_head_heatmaps_side_by_side_share_a_scale_and_outline_each_panels_circuit():
+    grids = {"ioi": np.array([[1.0, -3.0], [0.0, 2.0]]), "co": np.array([[0.5, 0.0], [4.0, NAN]])}
+    fig = draw.head_heatmaps(grids, {"ioi": heads("a0.h1", "a1.h1"), "co": heads("a1.h0")})
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["ioi", "co"]
+    assert all(ax.images[0].get_clim() == (-4.0, 4.0) for ax in panels)
+    boxes = [sorted((p.get_y() + 0.5, p.get_x() + 0.5) for p in ax.patches if p.get_gid() == "circuit-head")
+             for ax in panels]
+    assert boxes == [[(0, 1), (1, 1)], [(1, 0)]]
+    with pytest.raises(ValueError, match="not among"):
+        draw.head_heatmaps(grids, {"nosuch": heads("a0.h0")})
+    with pytest.raises(ValueError, match="outside"):
+        draw.head_heatmaps(grids, {"ioi": heads("a3.h0")})
+
+
+def test_matrix_figure_annotates_every_cell_and_marks_missing_ones():
+    fig = draw.matrix_figure([[0.5, None], [1.0, float("nan")]], ["a", "b"], ["x", "y"], cbar="f")
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.50", "1.00", "n/a", "n/a"]
+    with pytest.raises(ValueError, match="does not match"):
+        draw.matrix_figure([[1.0]], ["a", "b"], ["x"])
+
+
 def test_sweep_figure_draws_the_curve_and_its_null_band():
     a = np.arange(16, dtype=float).reshape(4, 4)
     sweeps = {"x": cmp.threshold_sweep(a, a, [0.125, 0.5], n_null=50),

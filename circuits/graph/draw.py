@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from circuits.figures import new_figure
+from circuits.figures import heatmaps, new_figure
 from circuits.graph.circuit import Circuit
 from circuits.graph.compare import Similarity, ThresholdSweep, head_grid, natural_sorted
 from circuits.graph.regimes import CheckpointEffects, Cohorts, RegimeChange
@@ -67,6 +67,48 @@ def head_heatmap(scores: Any, circuit: Circuit | None = None, *, title: str = ""
     _integer_ticks(ax, n_heads, n_layers)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label=cbar)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def head_heatmaps(scores: Mapping[str, Any], circuits: Mapping[str, Circuit] | None = None, *, title: str = "",
+                  cbar: str = "", ncols: int = 4) -> Figure:
+    """Side-by-side [layer, head] heatmaps, one per name in ``scores`` (each a Scores with axes (layer,
+    head), a tensor, an array or nested lists), on one colour scale, with the heads of
+    ``circuits[name]`` outlined (gid ``circuit-head``). Raises ValueError when a circuit names no
+    panel or its heads do not fit the grid."""
+    grids = {name: head_grid(s) for name, s in scores.items()}
+    outlines = {name: sorted(c.heads()) for name, c in (circuits or {}).items()}
+    return heatmaps(grids, title=title, cbar=cbar, ncols=ncols, outlines=outlines)
+
+
+def matrix_figure(matrix: Any, rows: list[str], cols: list[str], *, title: str = "", cbar: str = "",
+                  xlabel: str = "", ylabel: str = "", vmin: float | None = None, vmax: float | None = None) -> Figure:
+    """A labelled [row, column] matrix (any unit, named by ``cbar``), each cell annotated with its value
+    ("n/a" for None or NaN, drawn light grey); viridis between ``vmin`` and ``vmax`` (default: the data's
+    range)."""
+    grid = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+    if grid.shape != (len(rows), len(cols)):
+        raise ValueError(f"matrix of shape {grid.shape} does not match {len(rows)} row and {len(cols)} column labels")
+    fig = new_figure((min(14.0, 1.0 * len(cols) + 2.8), min(14.0, 0.6 * len(rows) + 1.8)))
+    ax = fig.add_subplot()
+    ax.set_label("matrix")
+    im = ax.imshow(grid, cmap=_cmap("viridis").with_extremes(bad=_NAN), vmin=vmin, vmax=vmax, aspect="auto",
+                   interpolation="nearest")
+    finite = grid[np.isfinite(grid)]
+    mid = (float(finite.min()) + float(finite.max())) / 2 if finite.size else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = grid[i, j]
+            text = "n/a" if not np.isfinite(v) else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if not np.isfinite(v) or v > mid else "white")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, label=cbar)
     if title:
         ax.set_title(title, fontsize=10)
