@@ -14,7 +14,7 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks bench zoo zoo-check clean help
+.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
@@ -24,6 +24,7 @@ help:
 	@echo "make mental-math      All-for-One on mental math (MODEL and MODEL2)"
 	@echo "make recall-reasoning recall vs reasoning: specialised heads, layers, neurons, double dissociation"
 	@echo "make compare-tasks    circuits of every task by one method: overlap, cross-faithfulness, clusters (TASKS=a,b)"
+	@echo "make compare-regimes  circuits across training: reasoner regimes (emergent heads, E, cohorts), toyworld checkpoints"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml's ranges"
@@ -99,6 +100,9 @@ recall-reasoning: setup
 TASKS ?= ioi,colored_objects
 compare-tasks: setup
 	$(BIN)/python -m analyses.compare_tasks --model $(MODEL) --tasks $(TASKS) --n $(N) --seed $(SEED)
+
+compare-regimes: setup
+	$(BIN)/python -m analyses.compare_regimes --n 32 --seed $(SEED)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

@@ -194,6 +194,24 @@ def metric_spec(metric: str | MetricSpec | Callable[[Tensor, PromptSet], Tensor]
     raise TypeError(f"metric must be a metric name, a MetricSpec or a callable, got {type(metric).__name__}")
 
 
+def kl_to(reference: Float[Tensor, "batch vocab"], name: str = "kl_to_clean") -> MetricSpec:
+    """The engines' metric KL(reference || logits) at END per prompt, in nats, against fixed
+    ``reference`` END logits (usually the clean run's, in the PromptSet's row order).
+
+    An engine that tiles the prompts (the same rows repeated, in order) is matched by repeating the
+    reference; any other row count is a ValueError, never a silent misalignment."""
+    ref = reference.detach()
+
+    def kl(logits: Tensor, ps: PromptSet) -> Tensor:
+        n, b = logits.shape[0], ref.shape[0]
+        if n % b:
+            raise ValueError(f"{name}: {n} rows of logits cannot be matched to the {b} reference rows")
+        return kl_rows(logits, ref.to(logits.device).repeat(n // b, 1))
+
+    kl.__name__ = name
+    return MetricSpec(name, kl)
+
+
 def get_metric(name: str):
     """A metric (logits, ps, reduce) by name."""
     try:

@@ -277,3 +277,38 @@ def test_arithmetic_matches_the_reasoner_zoo_distribution(word_tokenizer):
             assert all(0 <= v <= 30 for v in vals) and str(vals[-1]) == value
         assert sum(a != b for a, b in zip(clean.split(), corrupt.split())) == 1 and ans != wrong
     assert set(ps.group_names) == {"3 operands", "4 operands"}
+
+
+def test_arithmetic_with_the_full_trace_reads_the_answer_after_each_prompts_own_trace():
+    """thinking="full": "... = <think> a op b = p1 , ... </think>"; every step's arithmetic is right, the
+    corrupted prompt carries its own problem's trace, and END is the closing tag."""
+    from circuits.zoo.recipes import arithmetic as ar
+    from circuits.zoo.recipes.reasoner import make_tokenizer
+
+    tok = make_tokenizer()
+    ps = build_task("arithmetic", tok, n=32, seed=1, thinking="full")
+    for i in range(len(ps)):
+        for row, answer in ((ps.clean[i], ps.answers[i]), (ps.corrupted[i], ps.corrupted_answers[i])):
+            words = tok.convert_ids_to_tokens([t for t in row.tolist() if t != tok.pad_token_id])[1:]
+            eq = words.index("=")
+            xs, ops = [int(w) for w in words[:eq:2]], tuple(words[1:eq:2])
+            p = ar.Problem(tuple(xs), ops)
+            assert " ".join(words[eq + 1:]) == ar.trace(p, 0)
+            assert tok.convert_ids_to_tokens([int(answer)])[0] == str(p.answer)
+        assert tok.convert_ids_to_tokens([int(ps.clean[i, ps.positions["END"][i]])])[0] == "</think>"
+    assert (ps.positions["ETH"] == ps.positions["END"]).all()
+    with pytest.raises(ValueError, match="thinking must be one of"):
+        build_task("arithmetic", tok, n=4, thinking="some")
+
+
+def test_arithmetic_split_is_the_reasoner_recipes_split():
+    """The task's held-out prompts are problems the reasoner recipes never train on (one hash, one key)."""
+    from circuits.zoo.recipes import arithmetic as ar
+    from circuits.zoo.recipes.reasoner import make_tokenizer
+
+    tok = make_tokenizer()
+    ps = build_task("arithmetic", tok, n=64, seed=0, split="test")
+    for text in ps.clean_text:
+        tokens = text.split()[:-1]
+        p = ar.Problem(tuple(int(t) for t in tokens[::2]), tuple(tokens[1::2]))
+        assert ar.in_split(p, "test") and not ar.in_split(p, "train")

@@ -129,16 +129,46 @@ def test_arithmetic_problems_and_traces():
     assert ar.parse_completion("<think> 1 + 2".split()) == (None, -1)
 
 
-def test_sft_traces_short_rate_and_errors():
+def test_merged_traces_compute_the_same_running_values():
+    p = ar.Problem((12, 7, 5, 3), ("+", "-", "+"))
+    assert ar.trace(p, 0) == p.long_trace()
+    assert ar.trace(p, 1) == "<think> 12 + 7 - 5 = 14 , 14 + 3 = 17 </think>"
+    assert ar.trace(p, 2) == "<think> 12 + 7 - 5 + 3 = 17 </think>"
+    assert ar.trace(p, None) == "<think> </think>"
+    rng = random.Random(0)
+    for _ in range(300):
+        q = ar.sample_problem(rng)
+        for m in range(len(q.ops)):
+            steps = ar.trace(q, m, rng).removeprefix("<think> ").removesuffix(" </think>").split(" , ")
+            assert len(steps) == len(q.ops) - m
+            for step in steps:
+                lhs, rhs = step.split(" = ")
+                assert eval(lhs) == int(rhs)
+    with pytest.raises(ValueError, match="can merge"):
+        ar.trace(p, 3)
+
+
+def test_graded_traces_think_less_on_easy_problems_and_pay_for_it():
+    """The SFT mixture: P(short) follows the problem's difficulty (so it is computable from the prompt),
+    and every kind of trace is wrong at its own rate."""
+    from collections import Counter
+
     rng = random.Random(1)
-    rows = [ar.sft_text(ar.sample_problem(rng), rng, 0.3, 0.5) for _ in range(2000)]
-    short = [t for t, s in rows if s]
-    assert 0.25 < len(short) / len(rows) < 0.35
-    wrong = 0
-    for t in short:
-        prompt, rest = t.split(" = ")
-        wrong += eval(prompt) != int(rest.split()[-1])
-    assert 0.4 < wrong / len(short) < 0.6
+    kinds: dict[str, Counter] = {}
+    wrong: Counter = Counter()
+    total: Counter = Counter()
+    for _ in range(6000):
+        p = ar.sample_problem(rng)
+        text, kind = ar.graded_text(p, rng)
+        kinds.setdefault(ar.difficulty(p), Counter())[kind] += 1
+        total[kind] += 1
+        wrong[kind] += int(text.split()[-1]) != p.answer
+    share = {d: c["short"] / sum(c.values()) for d, c in kinds.items()}
+    for d, mix in ar.TRACE_MIX.items():
+        assert share[d] == pytest.approx(mix["short"], abs=0.04), d
+    assert share["easy"] > share["medium"] > share["hard"]
+    for kind, rate in ar.ERROR_RATE.items():
+        assert wrong[kind] / total[kind] == pytest.approx(rate, abs=0.05), kind
 
 
 def test_verdicts_flag_failures():

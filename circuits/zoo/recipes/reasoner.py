@@ -1,13 +1,23 @@
-"""Recipes for ``zoo:reasoner-{base,sft,grpo}``: Qwen2 (grouped-query attention) on arithmetic.
+"""Recipes for ``zoo:reasoner-{base,sft,distill,grpo}`` and their checkpoints: Qwen2 (grouped-query
+attention, 8 layers x 8 query heads over 2 KV heads) on arithmetic.
 
-* base: trained on expressions with direct answers ("12 + 7 - 5 + 3 = 17").
-* sft:  base fine-tuned on thinking traces; a fraction of the traces is short
-        (no steps) and less often right, so short thinking costs accuracy.
-* grpo: sft trained by group-relative policy gradient: a group of completions
-        per prompt sampled at the recipe temperature, reward 1 for a correct
-        final answer, advantages normalised within the group; one on-policy
-        update per batch (no ratio clipping is needed then), no KL term.
-        Starting point: reasoner-sft.
+* base:    trained on expressions with direct answers ("12 + 7 - 5 + 3 = 17").
+* sft:     base fine-tuned on graded thinking traces (:func:`arithmetic.graded_text`): how much a
+           trace thinks depends on the problem's difficulty (easy problems often short, hard ones
+           rarely), and skipped steps cost accuracy; so the decision to think short is computed
+           from the problem (the ThinkEdit setting).
+* distill: base fine-tuned on traces sampled from a teacher (base fine-tuned longer on full,
+           correct traces only; trained here, not bundled): the regime of distillation from a
+           stronger reasoner.
+* grpo:    sft trained by group-relative policy gradient: a group of completions per prompt
+           sampled at the recipe temperature, reward 1 for a correct final answer, advantages
+           normalised within the group; one on-policy update per batch (no ratio clipping is
+           needed then), no KL term.
+* ``<regime>@<step>``: checkpoints of sft, distill and grpo (CHECKPOINTS), for the regime
+  comparison over training (Thinking Sparks).
+
+Every stage trains on the train split of the problems (:func:`arithmetic.in_split`); the zoo
+check evaluates on the test split.
 """
 
 from __future__ import annotations
@@ -26,14 +36,17 @@ from circuits.zoo.recipes.train import TrainSettings, train
 
 SEED = 0
 TEMPERATURE = 1.0
-MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+MODEL = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=8, num_attention_heads=8,
              num_key_value_heads=2, max_position_embeddings=48)
 BASE = dict(steps=1500, lr=2e-3, warmup=100)
 SFT = dict(steps=2000, lr=1e-3, warmup=50)
-SFT_SHORT_RATE = 0.2
-SFT_SHORT_ERROR_RATE = 0.4
-GRPO = dict(steps=80, prompts=32, group=8, lr=2e-4)
+TEACHER = dict(steps=2500, lr=1e-3, warmup=50)
+DISTILL = dict(steps=2000, lr=1e-3, warmup=50)
+DISTILL_ROWS = 20000  # teacher samples (one per problem of the train split, drawn with replacement)
+GRPO = dict(steps=100, prompts=32, group=8, lr=2e-4)
+CHECKPOINTS = {"sft": [250, 500, 1000, 1500], "distill": [250, 500, 1000, 1500], "grpo": [20, 40, 60, 80]}
 BATCH_SIZE = 128
+SPLIT = "train"
 
 
 def make_tokenizer():
@@ -70,20 +83,44 @@ def prompt_len(tok, p: ar.Problem) -> int:
 
 
 def base_corpus(tok, n: int, seed: int) -> corpus.Sequences:
-    """``n`` random problems answered directly, with the loss on every token after the prompt."""
+    """``n`` random train problems answered directly, with the loss on every token after the prompt."""
     rng = random.Random(seed)
-    probs = [ar.sample_problem(rng) for _ in range(n)]
+    probs = [ar.sample_problem(rng, split=SPLIT) for _ in range(n)]
     return _rows(tok, [ar.direct_text(p) for p in probs], [prompt_len(tok, p) - 1 for p in probs])
 
 
 def sft_corpus(tok, n: int, seed: int) -> corpus.Sequences:
-    """``n`` random problems with thinking traces (short ones at SFT_SHORT_RATE, wrong at
-    SFT_SHORT_ERROR_RATE), with the loss on every token after the prompt.
-    """
+    """``n`` random train problems with graded thinking traces (:func:`arithmetic.graded_text`), with
+    the loss on every token after the prompt."""
     rng = random.Random(seed)
-    probs = [ar.sample_problem(rng) for _ in range(n)]
-    texts = [ar.sft_text(p, rng, SFT_SHORT_RATE, SFT_SHORT_ERROR_RATE)[0] for p in probs]
+    probs = [ar.sample_problem(rng, split=SPLIT) for _ in range(n)]
+    texts = [ar.graded_text(p, rng)[0] for p in probs]
     return _rows(tok, texts, [prompt_len(tok, p) - 1 for p in probs])
+
+
+def teacher_corpus(tok, n: int, seed: int) -> corpus.Sequences:
+    """``n`` random train problems with full, correct traces (what the teacher learns)."""
+    rng = random.Random(seed)
+    probs = [ar.sample_problem(rng, split=SPLIT) for _ in range(n)]
+    return _rows(tok, [f"{p.prompt} {ar.trace(p, 0)} {p.answer}" for p in probs],
+                 [prompt_len(tok, p) - 1 for p in probs])
+
+
+def distill_corpus(teacher, tok, n: int, seed: int) -> corpus.Sequences:
+    """``n`` completions sampled from ``teacher`` (recipe temperature) on random train problems, kept as
+    sampled (closed traces only), with the loss on every completion token."""
+    rng = random.Random(seed)
+    probs = [ar.sample_problem(rng, split=SPLIT) for _ in range(n)]
+    comps = sample(teacher, tok, probs, n_samples=1, seed=seed)
+    end_id = tok.convert_tokens_to_ids(ar.END_THINK)
+    toks, pos = [], []
+    for p, (c,) in zip(probs, comps):
+        if end_id not in c:
+            continue
+        prompt = [tok.bos_token_id] + tok(p.prompt, add_special_tokens=False)["input_ids"]
+        toks.append(prompt + c)
+        pos.append(list(range(len(prompt) - 1, len(prompt) + len(c) - 1)))
+    return corpus.Sequences(toks, pos, ["arith"] * len(toks))
 
 
 @torch.no_grad()
@@ -148,13 +185,15 @@ def score(tok, problems: list[ar.Problem], completions: list[list[list[int]]]) -
     return res
 
 
-def grpo(model, tok, seed: int, steps: int, prompts: int, group: int, lr: float) -> list[float]:
-    """Group-relative policy gradient on final-answer correctness; returns mean reward per step."""
+def grpo(model, tok, seed: int, steps: int, prompts: int, group: int, lr: float,
+         on_checkpoint: Any = None, checkpoint_steps: list[int] = ()) -> list[float]:
+    """Group-relative policy gradient on final-answer correctness; returns mean reward per step.
+    ``on_checkpoint(step, model)`` is called after each step in ``checkpoint_steps``."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rewards_curve = []
     for step in tqdm(range(steps), desc="grpo", mininterval=2.0):
-        probs = [ar.sample_problem(rng) for _ in range(prompts)]
+        probs = [ar.sample_problem(rng, split=SPLIT) for _ in range(prompts)]
         model.eval()
         comps = sample(model, tok, probs, n_samples=group, seed=seed * 100_003 + step)
         scores = score(tok, probs, comps)
@@ -183,12 +222,15 @@ def grpo(model, tok, seed: int, steps: int, prompts: int, group: int, lr: float)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if on_checkpoint is not None and step + 1 in checkpoint_steps:
+            model.eval()
+            on_checkpoint(step + 1, model)
     model.eval()
     return rewards_curve
 
 
 def build(out_dir: str | Path, seed: int = SEED) -> dict[str, Any]:
-    """Train reasoner-base, -sft and -grpo into ``out_dir``."""
+    """Train reasoner-base, -sft, -distill and -grpo (and their checkpoints) into ``out_dir``."""
     import copy
     import time
 
@@ -197,26 +239,53 @@ def build(out_dir: str | Path, seed: int = SEED) -> dict[str, Any]:
     out_dir = Path(out_dir)
     tok = make_tokenizer()
     common = {"recipe": "circuits.zoo.recipes.reasoner", "seed": seed, "model": MODEL, "temperature": TEMPERATURE,
-              "data": {"operands": [3, 4], "operand_max": ar.OPERAND_MAX, "max_value": ar.MAX_VALUE}}
-    model = make_model(tok, seed)
-    s = TrainSettings(**BASE)
-    data = base_corpus(tok, s.steps * BATCH_SIZE // 2, seed)
-    train(model, corpus.batches(data, BATCH_SIZE, tok.pad_token_id, seed, epochs=100), s, desc="reasoner-base")
-    base_info = {**common, "stage": "base", "settings": BASE, "train_seconds": round(model.train_seconds, 1)}
-    save_zoo_model(model, tok, out_dir / "reasoner-base", base_info)
+              "data": {"operands": [3, 4], "operand_max": ar.OPERAND_MAX, "max_value": ar.MAX_VALUE,
+                       "split": SPLIT}}
 
-    s = TrainSettings(**SFT)
-    data = sft_corpus(tok, s.steps * BATCH_SIZE // 2, seed + 1)
-    train(model, corpus.batches(data, BATCH_SIZE, tok.pad_token_id, seed + 1, epochs=100), s, desc="reasoner-sft")
+    def saver(name: str, info: dict[str, Any]):
+        def on_ckpt(step: int, m) -> None:
+            save_zoo_model(m, tok, out_dir / f"{name}@{step}", {**info, "step": step})
+        return on_ckpt
+
+    def finetune(model, data, settings: dict[str, Any], data_seed: int, name: str, info: dict[str, Any] | None):
+        ckpts = CHECKPOINTS.get(name, []) if info is not None else []
+        s = TrainSettings(**settings, checkpoint_steps=ckpts)
+        train(model, corpus.batches(data, BATCH_SIZE, tok.pad_token_id, data_seed, epochs=100), s,
+              on_checkpoint=saver(f"reasoner-{name}", info) if ckpts else None, desc=f"reasoner-{name}")
+        return model
+
+    base = make_model(tok, seed)
+    finetune(base, base_corpus(tok, BASE["steps"] * BATCH_SIZE // 2, seed), BASE, seed, "base", None)
+    base_info = {**common, "stage": "base", "settings": BASE, "train_seconds": round(base.train_seconds, 1)}
+    save_zoo_model(base, tok, out_dir / "reasoner-base", base_info)
+
     sft_info = {**common, "stage": "sft", "starting_point": "reasoner-base", "settings": SFT,
-                "short_rate": SFT_SHORT_RATE, "short_error_rate": SFT_SHORT_ERROR_RATE,
-                "train_seconds": round(model.train_seconds, 1)}
-    save_zoo_model(model, tok, out_dir / "reasoner-sft", sft_info)
+                "trace_mix": ar.TRACE_MIX, "error_rate": ar.ERROR_RATE,
+                "difficulty": {"easy_peak": ar.EASY_PEAK, "hard_peak": ar.HARD_PEAK}}
+    sft = finetune(copy.deepcopy(base), sft_corpus(tok, SFT["steps"] * BATCH_SIZE // 2, seed + 1), SFT, seed + 1,
+                   "sft", sft_info)
+    sft_info["train_seconds"] = round(sft.train_seconds, 1)
+    save_zoo_model(sft, tok, out_dir / "reasoner-sft", sft_info)
+
+    teacher = finetune(copy.deepcopy(base), teacher_corpus(tok, TEACHER["steps"] * BATCH_SIZE // 2, seed + 3),
+                       TEACHER, seed + 3, "teacher", None)
+    t0 = time.time()
+    teacher.eval()
+    data = distill_corpus(teacher, tok, DISTILL_ROWS, seed + 4)
+    distill_info = {**common, "stage": "distill", "starting_point": "reasoner-base", "settings": DISTILL,
+                    "teacher": {"starting_point": "reasoner-base", "settings": TEACHER,
+                                "data": "full, correct traces", "train_seconds": round(teacher.train_seconds, 1),
+                                "bundled": False},
+                    "distill_rows": len(data.tokens), "sampling_seconds": round(time.time() - t0, 1)}
+    distill = finetune(copy.deepcopy(base), data, DISTILL, seed + 4, "distill", distill_info)
+    distill_info["train_seconds"] = round(distill.train_seconds, 1)
+    save_zoo_model(distill, tok, out_dir / "reasoner-distill", distill_info)
 
     t0 = time.time()
-    policy = copy.deepcopy(model)
-    curve = grpo(policy, tok, seed + 2, **GRPO)
-    grpo_info = {**common, "stage": "grpo", "starting_point": "reasoner-sft", "settings": GRPO,
-                 "reward_curve": [round(r, 3) for r in curve], "train_seconds": round(time.time() - t0, 1)}
+    policy = copy.deepcopy(sft)
+    grpo_info = {**common, "stage": "grpo", "starting_point": "reasoner-sft", "settings": GRPO}
+    curve = grpo(policy, tok, seed + 2, **GRPO, on_checkpoint=saver("reasoner-grpo", grpo_info),
+                 checkpoint_steps=CHECKPOINTS["grpo"])
+    grpo_info |= {"reward_curve": [round(r, 3) for r in curve], "train_seconds": round(time.time() - t0, 1)}
     save_zoo_model(policy, tok, out_dir / "reasoner-grpo", grpo_info)
-    return {"base": base_info, "sft": sft_info, "grpo": grpo_info}
+    return {"base": base_info, "sft": sft_info, "distill": distill_info, "grpo": grpo_info}
