@@ -60,6 +60,8 @@ ABOVE_BOTTOM = ("circuits.engines", "circuits.tasks", "circuits.graph", "circuit
      ("circuits.zoo.recipes", "circuits.zoo.check", "circuits.engines", "circuits.tasks")),
     ("the graph module knows neither engines nor tasks", "circuits/graph/**/*.py",
      ("circuits.engines", "circuits.tasks", "circuits.models", "circuits.zoo")),
+    ("the editors know neither tasks nor the zoo", "circuits/editing/*.py",
+     ("circuits.tasks", "circuits.zoo", "circuits.graph")),
     ("the Circuit type is plain data", ["circuits/graph/circuit.py"],
      ("circuits.engines", "circuits.tasks", "circuits.models", "circuits.zoo", "circuits.figures", "torch")),
 ])

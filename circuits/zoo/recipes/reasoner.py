@@ -126,7 +126,10 @@ def distill_corpus(teacher, tok, n: int, seed: int) -> corpus.Sequences:
 @torch.no_grad()
 def sample(model, tok, problems: list[ar.Problem], n_samples: int = 1, temperature: float = TEMPERATURE,
            max_new_tokens: int = 24, seed: int = 0) -> list[list[list[int]]]:
-    """``n_samples`` completions (token ids after the prompt) per problem, grouped by prompt length."""
+    """``n_samples`` completions (token ids after the prompt) per problem, grouped by prompt length.
+    ``model``: an HF model or a TransformerBridge (sampled through its HF module, whose layers are the
+    bridge's components: hooks added to the bridge, e.g. steering, act during sampling)."""
+    model = compat.hf_model(model)
     gen = torch.Generator().manual_seed(seed)
     out: list[list[list[int]] | None] = [None] * len(problems)
     by_len: dict[int, list[int]] = {}
