@@ -14,7 +14,7 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes bench zoo zoo-check clean help
+.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
@@ -25,6 +25,7 @@ help:
 	@echo "make recall-reasoning recall vs reasoning: specialised heads, layers, neurons, double dissociation"
 	@echo "make compare-tasks    circuits of every task by one method: overlap, cross-faithfulness, clusters (TASKS=a,b)"
 	@echo "make compare-regimes  circuits across training: reasoner regimes (emergent heads, E, cohorts), toyworld checkpoints"
+	@echo "make thinkedit   ThinkEdit on zoo:reasoner-sft: length direction, steering, head edit vs controls"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml's ranges"
@@ -103,6 +104,9 @@ compare-tasks: setup
 
 compare-regimes: setup
 	$(BIN)/python -m analyses.compare_regimes --n 32 --seed $(SEED)
+
+thinkedit: setup
+	$(BIN)/python -m analyses.thinkedit --model zoo:reasoner-sft --seed $(SEED)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

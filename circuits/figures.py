@@ -357,6 +357,30 @@ def faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], *, title: str =
     return fig
 
 
+def line_plot(series: Mapping[str, Mapping[str, float | None]], *, xlabel: str = "", ylabel: str = "",
+              title: str = "", reference: float | None = None) -> Figure:
+    """One line per series over shared categorical x labels (``series[name][x label] = value``, the x
+    labels in order of first appearance); a None value leaves a gap (undefined); ``reference`` draws a
+    dashed horizontal line. Returns the Figure."""
+    labels = list(dict.fromkeys(x for s in series.values() for x in s))
+    if not labels:
+        raise ValueError("line_plot needs at least one point")
+    fig = _Figure(figsize=(max(4.5, 0.45 * len(labels) + 2.5), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for name, s in series.items():
+        ys = [float("nan") if s.get(x) is None else float(s[x]) for x in labels]
+        ax.plot(range(len(labels)), ys, marker="o", label=name)
+    if reference is not None:
+        ax.axhline(reference, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 6 else 0, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
 def bars(groups: Mapping[str, Mapping[str, float | None]], *, errors: Mapping[str, Mapping[str, Sequence[float]]]
          | None = None, ylabel: str = "", title: str = "", reference: float | None = None) -> Figure:
     """Grouped bars: one group per key of ``groups`` (e.g. a scene size), one bar per series inside it

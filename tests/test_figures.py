@@ -249,3 +249,18 @@ def test_an_edge_to_a_head_held_at_one_position_joins_that_node():
     layout = circuit_layout({"a0.h2@S2": "induction", "a1.h0@END": "mover"},
                             [("a0.h2@S2", "a1.h0<q>"), ("a1.h0@END", "logits")], 2)
     assert set(layout) == {"a0.h2@S2", "a1.h0@END", "logits"}
+
+
+def test_line_plot_draws_one_line_per_series_with_gaps_for_undefined_points():
+    from circuits.figures import line_plot
+
+    fig = line_plot({"a": {"x": 1.0, "y": None, "z": 3.0}, "b": {"y": 2.0}}, reference=0.5)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.lines if ln.get_label() in ("a", "b")]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y", "z"]
+    a = lines[0].get_ydata()
+    assert a[0] == 1.0 and a[1] != a[1] and a[2] == 3.0  # NaN gap where undefined
+    import pytest
+
+    with pytest.raises(ValueError, match="at least one point"):
+        line_plot({})

@@ -48,13 +48,40 @@ SHORT_THINKING_MAX = 2  # "<think> </think>": no steps at all
 
 
 @torch.no_grad()
-def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242,
-                      temperature: float | None = None, direct: bool = False) -> dict[str, Any]:
-    """Arithmetic accuracy of a reasoner; with thinking stats unless ``direct``.
+def p_short(model: Any, tokenizer: Any, problems: list[Any], batch_size: int = 256) -> torch.Tensor:
+    """[n] the exact probability of closing the trace at once, P(``</think>`` | prompt, ``<think>``),
+    per problem (the decision to think short, read without sampling)."""
+    from circuits.zoo.recipes import arithmetic as ar
 
-    ``direct``: the answer is the argmax right after "=" (reasoner-base).
-    Otherwise completions are sampled at ``temperature`` (default: the recipe's)
-    and split into short (<= 2 thinking tokens: no steps) and long traces.
+    think, end = tokenizer.convert_tokens_to_ids([ar.THINK, ar.END_THINK])
+    out = torch.zeros(len(problems))
+    by_len: dict[int, list[int]] = {}
+    rows = [[tokenizer.bos_token_id] + tokenizer(p.prompt, add_special_tokens=False)["input_ids"] + [think]
+            for p in problems]
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r), []).append(i)
+    for idx in by_len.values():
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            o = model(torch.tensor([rows[i] for i in part]))
+            logits = o.logits if hasattr(o, "logits") else o
+            out[part] = logits[:, -1].float().softmax(-1)[:, end].cpu()
+    return out
+
+
+@torch.no_grad()
+def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242, sample_seed: int | None = None,
+                      temperature: float | None = None, direct: bool = False, split: str = "test",
+                      records: bool = False) -> dict[str, Any]:
+    """Arithmetic accuracy of a reasoner on ``n`` problems of ``split``; with thinking stats unless ``direct``.
+
+    ``seed`` draws the problems, ``sample_seed`` (default: ``seed``) the samples, so that two models
+    or two edits can be compared on the same problems with the same sampling noise.
+    ``direct``: the answer is the argmax right after "=" (reasoner-base). Otherwise completions are
+    sampled at ``temperature`` (default: the recipe's) and split into short (<= 2 thinking tokens: no
+    steps), long (more) and unclosed traces (no ``</think>`` within the budget; counted wrong);
+    ``p_short``: the mean and spread over problems of the exact P(short) (:func:`p_short`).
+    ``records``: also return one record per sample (problem, correct, thinking length).
     """
     import random
     from collections import Counter
@@ -63,7 +90,7 @@ def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242
     from circuits.zoo.recipes import reasoner
 
     rng = random.Random(seed)
-    problems = [ar.sample_problem(rng) for _ in range(n)]
+    problems = [ar.sample_problem(rng, split=split) for _ in range(n)]
     if direct:  # one batched forward per prompt length (3- and 4-operand prompts)
         correct = 0
         by_len: dict[int, list[tuple[list[int], int]]] = {}
@@ -75,24 +102,34 @@ def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242
             logits = out.logits if hasattr(out, "logits") else out
             preds = tokenizer.convert_ids_to_tokens(logits[:, -1].argmax(-1).tolist())
             correct += sum(pred == str(ans) for pred, (_, ans) in zip(preds, rows))
-        return {"accuracy": round(correct / n, 4), "n": n, "mode": "direct answer (greedy)"}
+        return {"accuracy": round(correct / n, 4), "n": n, "split": split, "mode": "direct answer (greedy)"}
     temp = reasoner.TEMPERATURE if temperature is None else temperature
-    comps = reasoner.sample(model, tokenizer, problems, n_samples=1, temperature=temp, seed=seed)
+    comps = reasoner.sample(model, tokenizer, problems, n_samples=1, temperature=temp,
+                            seed=seed if sample_seed is None else sample_seed)
     scores = [s[0] for s in reasoner.score(tokenizer, problems, comps)]
     lengths = [length for _, length in scores]
     short = [ok for ok, length in scores if 0 < length <= SHORT_THINKING_MAX]
     long_ = [ok for ok, length in scores if length > SHORT_THINKING_MAX]
+    ps = p_short(model, tokenizer, problems)
 
     def rate(xs: list[bool]) -> float | None:
         return round(sum(xs) / len(xs), 4) if xs else None
 
-    return {
+    out = {
         "accuracy": rate([ok for ok, _ in scores]),
         "short_rate": round(len(short) / n, 4),
         "accuracy_short": rate(short),
         "accuracy_long": rate(long_),
         "unclosed_rate": round(sum(1 for x in lengths if x < 0) / n, 4),
+        "p_short": {"mean": round(float(ps.mean()), 4), "std": round(float(ps.std()), 4)},
         "thinking_length_histogram": dict(sorted(Counter(lengths).items())),
         "n": n,
+        "split": split,
         "temperature": temp,
+        "seeds": {"problems": seed, "samples": seed if sample_seed is None else sample_seed},
     }
+    if records:
+        out["records"] = [{"problem": p.prompt, "answer": p.answer, "correct": ok, "thinking_length": length,
+                           "difficulty": ar.difficulty(p), "p_short": round(float(q), 5)}
+                          for p, (ok, length), q in zip(problems, scores, ps)]
+    return out
