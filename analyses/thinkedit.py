@@ -7,12 +7,15 @@ zoo's arithmetic reasoner):
 
 1. :func:`collect` - sample one response per problem (fixed problem and sampling seeds) on two
    draws of training problems; thinking length, correctness;
-2. :func:`directions` - the length direction (mean long minus mean short at ``resid_mid``, the
-   paper's attention site), read at the decision position (the ``<think>`` token) and at the
-   paper's positions (those that predict the thinking tokens); its stability across the two draws
-   (cosine per layer) and its size relative to the residual norm;
-3. :func:`steering` - add alpha * v at every layer while sampling, |alpha v| up to STEER_MAX of the
-   residual norm: the exact P(short) = P(``</think>`` | prompt, ``<think>``) and the accuracy;
+2. :func:`directions` - the length direction (mean long minus mean short), at the decision position
+   (the ``<think>`` token) at ``resid_post`` (the paper's "mlp" site) and ``resid_mid`` (its "attn"
+   site), and at the paper's positions (those that predict the thinking tokens, ``resid_mid``); each
+   with its stability across the two draws (cosine per layer) and its size relative to the
+   residual norm;
+3. :func:`steering` - add alpha * v at every layer, |alpha v| up to STEER_MAX of the residual norm:
+   the exact P(short) = P(``</think>`` | prompt, ``<think>``), the short rate and accuracy of
+   sampled responses, for the two decision-position directions. The edit uses the direction of
+   :data:`SITE` (on the zoo reasoner the attention-site direction does not steer: see the output);
 4. :func:`head_scores` - each head's direct write along the short direction on the short responses;
 5. :func:`choose_k` - k chosen on a separate selection split (training problems), never on the
    evaluation problems;
@@ -40,6 +43,7 @@ from analyses.common import run_analysis, safe_name
 
 SHORT_MAX = 2  # thinking tokens of a short trace: "<think> </think>", no step
 LONG_MIN = 13  # a trace that writes at least two steps (the full three-operand trace)
+SITE = "resid_post"  # the site of the direction that is steered along and projected out
 STEER_MAX = 0.1  # the largest steering vector, as a fraction of the mean residual norm
 ALPHAS = 9  # steering strengths, evenly spaced in [-STEER_MAX, +STEER_MAX] of the residual norm
 K_CANDIDATES = (1, 2, 3, 4, 6, 8)
@@ -71,16 +75,21 @@ def problems_of(split: str, n: int, seed: int) -> list[Any]:
     return [ar.sample_problem(rng, split=split) for _ in range(n)]
 
 
+READINGS = {"decision/resid_post": ("decision", "resid_post"), "decision/resid_mid": ("decision", "resid_mid"),
+            "thinking/resid_mid": ("thinking", "resid_mid")}
+
+
 def directions(model: Any, draws: list[Any]) -> dict[str, Any]:
-    """{where: {"direction": Direction of the first draw, "cosine": per-layer cosine between the draws}}."""
+    """{"<where>/<site>": {"direction": Direction of the first draw, "cosine": per-layer cosine between
+    the draws}} for each reading in :data:`READINGS`."""
     from circuits.editing.directions import cosine
-    from circuits.editing.thinkedit import WHERE, length_direction
+    from circuits.editing.thinkedit import length_direction
 
     pad = model.tokenizer.pad_token_id
     out = {}
-    for where in WHERE:
-        ds = [length_direction(model, r, SHORT_MAX, LONG_MIN, where=where, pad=pad) for r in draws]
-        out[where] = {"direction": ds[0], "cosine": cosine(ds[0], ds[1])}
+    for name, (where, site) in READINGS.items():
+        ds = [length_direction(model, r, SHORT_MAX, LONG_MIN, where=where, site=site, pad=pad) for r in draws]
+        out[name] = {"direction": ds[0], "cosine": cosine(ds[0], ds[1])}
     return out
 
 
@@ -120,8 +129,8 @@ def measure(model: Any, problems: list[Any], sample_seed: int, seed: int) -> dic
 
 
 def steering(model: Any, direction: Any, problems: list[Any], sample_seed: int, seed: int) -> dict[str, Any]:
-    """P(short) and accuracy while alpha * v is added at every layer (resid_mid), for ALPHAS strengths
-    up to STEER_MAX of the residual norm (positive: towards long)."""
+    """P(short) and accuracy while alpha * v is added at every layer (at the direction's site), for
+    ALPHAS strengths up to STEER_MAX of the residual norm (positive: towards long)."""
     from circuits.editing.steering import steer
 
     vectors = {layer: direction.vector(layer) for layer in direction.layers}
@@ -129,7 +138,7 @@ def steering(model: Any, direction: Any, problems: list[Any], sample_seed: int, 
     alphas = [top * (2 * i / (ALPHAS - 1) - 1) for i in range(ALPHAS)]
     rows = []
     for a in alphas:
-        with steer(model, vectors, a, site="resid_mid"):
+        with steer(model, vectors, a, site=direction.site):
             m = measure(model, problems, sample_seed, seed)
         rows.append({"alpha": a, "relative_norm": a * max(direction.relative_norm),
                      **{k: m[k] for k in ("p_short", "short_rate", "accuracy")}, "ci": m["ci"]})
@@ -211,10 +220,11 @@ def figures(scores: torch.Tensor, k: int, dirs: dict[str, Any], steer: dict[str,
         {where: {str(layer): c for layer, c in zip(d["direction"].layers, d["cosine"])} for where, d in dirs.items()},
         xlabel="layer", ylabel="cosine between two draws", reference=0.9,
         title="Is the length direction stable across draws?")
-    figs["steering"] = line_plot(
-        {m: {f"{r['relative_norm']:+.3f}": r[m] for r in steer["rows"]} for m in ("p_short", "short_rate", "accuracy")},
-        xlabel="|alpha v| / residual norm (sign: towards long)", ylabel="fraction",
-        title=f"Steering along the length direction ({spec})")
+    for name, sweep in steer.items():
+        figs[f"steering_{name.split('/')[1]}"] = line_plot(
+            {m: {f"{r['relative_norm']:+.3f}": r[m] for r in sweep["rows"]} for m in ("p_short", "short_rate", "accuracy")},
+            xlabel="|alpha v| / residual norm (sign: towards long)", ylabel="fraction",
+            title=f"Steering along the {name} direction ({spec})")
     conds = ["before", "thinkedit", "bottom"]
     keys = ["accuracy", "short_rate", "accuracy_shortest_10%"]
     figs["before_after"] = bars({key: {c: ev[c][key] for c in conds} | {"random": ev["random"][key]} for key in keys},
@@ -244,7 +254,7 @@ class Result:
         """The numbers, as plain data for the result file."""
         groups = [r.groups(SHORT_MAX, LONG_MIN) for r in self.draws]
         return {
-            "settings": {"short_max": SHORT_MAX, "long_min": LONG_MIN, "site": "resid_mid",
+            "settings": {"short_max": SHORT_MAX, "long_min": LONG_MIN, "site": SITE,
                          "edit_direction": "decision position (the <think> token), short = -v",
                          "steer_max": STEER_MAX, "k_candidates": list(K_CANDIDATES), "shortest": list(SHORTEST),
                          "n_boot": N_BOOT, "sizes": self.sizes,
@@ -274,9 +284,10 @@ def run(spec: str = "zoo:reasoner-sft", n_direction: int = 400, n_select: int = 
     model = load_model(spec, device=device)
     draws = [collect(model, problems_of("train", n_direction, seed + 1 + i), seed + 11 + i) for i in range(2)]
     dirs = directions(model, draws)
-    direction = dirs["decision"]["direction"]
+    direction = dirs[f"decision/{SITE}"]["direction"]
     select = problems_of("train", n_select, seed + 3)
-    steer = steering(model, direction, select, seed + 13, seed)
+    steer = {name: steering(model, dirs[name]["direction"], select, seed + 13, seed)
+             for name in ("decision/resid_post", "decision/resid_mid")}
     scores = head_scores(model, draws[0], direction)
     choice = choose_k(model, scores, direction, select, seed + 13, seed)
     ev = evaluate(model, scores, direction, choice["k"], problems_of("test", n_eval, seed + 4), seed + 14, seed,
@@ -300,11 +311,13 @@ def summary(r: Result) -> str:
         cos = x["cosine"]
         lines.append(f"direction at the {where} position(s): cosine between draws min {min(cos):.2f} / mean "
                      f"{sum(cos) / len(cos):.2f}; |v| / residual norm up to {max(x['direction'].relative_norm):.2f}")
-    st = r.steering
-    curve = " ".join(format(row["p_short"], ".3f") for row in st["rows"])
-    lines += [f"steering (|alpha v| up to {STEER_MAX:.0%} of the residual norm): P(short) "
-              f"{curve}; monotone decreasing: "
-              f"{st['p_short_monotone_decreasing']}; accuracy kept towards long: {st['accuracy_kept_towards_long']}",
+    for name, st in r.steering.items():
+        curve = " ".join(format(row["p_short"], ".3f") for row in st["rows"])
+        acc = " ".join(format(row["accuracy"], ".2f") for row in st["rows"])
+        lines += [f"steering along {name} (|alpha v| from -{STEER_MAX:.0%} to +{STEER_MAX:.0%} of the residual norm): "
+                  f"P(short) {curve}; accuracy {acc}; P(short) monotone decreasing: "
+                  f"{st['p_short_monotone_decreasing']}; accuracy kept towards long: {st['accuracy_kept_towards_long']}"]
+    lines += [f"edit direction: decision/{SITE}",
               f"k chosen on the selection split: {r.choice['k']} (" + ", ".join(
                   f"k={k}: acc {v['accuracy']:.3f}" for k, v in r.choice["candidates"].items()) + ")",
               f"edited heads: {', '.join(ev['thinkedit']['heads'])} ({ev['thinkedit']['params_changed']} parameters, "
@@ -330,7 +343,7 @@ def write(r: Result, folder: str) -> list[str]:
     paths = []
     for stem, fig in r.figures.items():
         paths += save_figure(fig, os.path.join(folder, stem))
-    direction = r.directions["decision"]["direction"]
+    direction = r.directions[f"decision/{SITE}"]["direction"]
     with edited(r.model, top_heads(r.scores, r.choice["k"]), _units(direction)) as e:
         paths.append(save_edited(r.model, os.path.join(folder, "edited"), e, r.spec))
     data = {**r.data(), "files": [os.path.relpath(p, folder) for p in paths]}

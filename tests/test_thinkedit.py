@@ -72,7 +72,7 @@ def test_the_pipeline_edits_the_top_heads_it_scored_and_keeps_the_model_intact(s
     assert again["accuracy"] == r.evaluation["before"]["accuracy"]
     an.write(r, str(tmp_path))
     edited = load_model(str(tmp_path / "edited"), device="cpu")
-    direction = r.directions["decision"]["direction"]
+    direction = r.directions[f"decision/{an.SITE}"]["direction"]
     for name in r.evaluation["thinkedit"]["heads"]:
         layer, head = int(name[1:].split(".")[0]), int(name.split(".h")[1])
         w = read_head(edited, layer, head)
