@@ -14,7 +14,7 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit bench zoo zoo-check clean help
+.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit repair bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
@@ -26,6 +26,7 @@ help:
 	@echo "make compare-tasks    circuits of every task by one method: overlap, cross-faithfulness, clusters (TASKS=a,b)"
 	@echo "make compare-regimes  circuits across training: reasoner regimes (emergent heads, E, cohorts), toyworld checkpoints"
 	@echo "make thinkedit   ThinkEdit on zoo:reasoner-sft: length direction, steering, head edit vs controls"
+	@echo "make repair      head repair: IOI's inhibition-type heads made to attend to the wrong colours (Colored Objects)"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml's ranges"
@@ -107,6 +108,9 @@ compare-regimes: setup
 
 thinkedit: setup
 	$(BIN)/python -m analyses.thinkedit --model zoo:reasoner-sft --seed $(SEED)
+
+repair: setup
+	$(BIN)/python -m analyses.repair --model $(MODEL) --seed $(SEED)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

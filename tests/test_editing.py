@@ -233,3 +233,20 @@ def test_write_tiny_model_helper_is_used(tmp_path, word_tokenizer):
         model = load_model(write_tiny_model(tmp_path / arch, arch, word_tokenizer), device="cpu")
         p = weights.output_projection(model, 0)
         assert p.d_head * p.n_heads == (p.weight.shape[0] if p.rows else p.weight.shape[1])
+
+
+def test_attention_override_can_spread_uniformly_over_several_keys(loaded_models):
+    model = loaded_models("llama")
+    x = tokens_for(model, b=2, p=7)
+    query = torch.tensor([6, 6])
+    keys = torch.tensor([[1, 3, -1], [0, 2, 4]])
+    with attention.override_attention(model, [(0, 1)], query, keys):
+        _, cache = model.run_with_cache(x)
+    row = cache["blocks.0.attn.hook_pattern"][torch.arange(2), 1, query]
+    want = torch.zeros(2, 7)
+    want[0, [1, 3]] = 0.5
+    want[1, [0, 2, 4]] = 1 / 3
+    assert torch.allclose(row, want)
+    with pytest.raises(ValueError, match="no key position"):
+        with attention.override_attention(model, [(0, 1)], query, torch.tensor([[1, -1], [-1, -1]])):
+            pass

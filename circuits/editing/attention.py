@@ -18,30 +18,39 @@ from circuits.editing.weights import check_head
 from circuits.engines.sites import hook_at
 
 
+def _as_keys(k: Tensor) -> Tensor:
+    """[batch] or [batch, K] key positions (-1: padding) as [batch, K]."""
+    return k[:, None] if k.ndim == 1 else k
+
+
 @contextmanager
 def override_attention(model: Any, heads: Sequence[tuple[int, int]], query: Int[Tensor, " batch"],
-                       keys: Int[Tensor, " batch"] | Mapping[tuple[int, int], Tensor]) -> Iterator[None]:
+                       keys: Tensor | Mapping[tuple[int, int], Tensor]) -> Iterator[None]:
     """Inside the block, each (layer, head) in ``heads`` attends, from query position ``query[i]`` of
-    prompt i, only to key position ``keys[i]`` (one [batch] tensor for every head, or one per head):
-    its pattern row there is one-hot. Other rows, heads and layers are untouched. A key after its query
-    (not causal) or outside the prompt is a ValueError."""
+    prompt i, only to its key positions there: ``keys`` [batch] (one key: a one-hot row) or
+    [batch, K] (uniform over the row's keys; -1 pads rows with fewer), one tensor for every head or
+    one per head. Other rows, heads and layers are untouched. A key after its query (attention is
+    causal), a row without keys, or a shape that does not match the queries is a ValueError."""
     heads = [check_head(model, *h) for h in heads]
     if not heads:
         raise ValueError("no head to override")
-    per_head = {h: (keys[h] if isinstance(keys, Mapping) else keys) for h in heads}
+    per_head = {h: _as_keys(keys[h] if isinstance(keys, Mapping) else keys) for h in heads}
     for h, k in per_head.items():
-        if k.shape != query.shape:
-            raise ValueError(f"a{h[0]}.h{h[1]}: {tuple(k.shape)} key positions for {tuple(query.shape)} queries")
-        if bool((k > query).any()) or bool((k < 0).any()):
-            raise ValueError(f"a{h[0]}.h{h[1]}: a key position lies after its query or before 0 (attention is "
-                             "causal)")
+        name = f"a{h[0]}.h{h[1]}"
+        if k.ndim != 2 or k.shape[0] != query.shape[0]:
+            raise ValueError(f"{name}: key positions of shape {tuple(k.shape)} for {tuple(query.shape)} queries")
+        valid = k >= 0
+        if not bool(valid.any(1).all()):
+            raise ValueError(f"{name}: a prompt has no key position to attend to")
+        if bool(((k > query[:, None]) & valid).any()):
+            raise ValueError(f"{name}: a key position lies after its query (attention is causal)")
     by_layer: dict[int, list[int]] = {}
     for layer, h in heads:
         by_layer.setdefault(layer, []).append(h)
 
     def hook_for(layer: int):
         def hook(pattern: Tensor, hook: Any) -> Tensor:  # [b, heads, q, k]
-            b = pattern.shape[0]
+            b, n_keys = pattern.shape[0], pattern.shape[-1]
             if b != len(query):
                 raise ValueError(f"override_attention was given {len(query)} query positions for a batch of {b}")
             out = pattern.clone()
@@ -49,8 +58,11 @@ def override_attention(model: Any, heads: Sequence[tuple[int, int]], query: Int[
             q = query.to(pattern.device)
             for h in by_layer[layer]:
                 k = per_head[(layer, h)].to(pattern.device)
-                out[rows, h, q] = 0.0
-                out[rows, h, q, k] = 1.0
+                valid = k >= 0
+                row = torch.zeros(b, n_keys, dtype=pattern.dtype, device=pattern.device)
+                weight = (valid / valid.sum(1, keepdim=True)).to(pattern.dtype)
+                row.scatter_add_(1, k.clamp(min=0), weight * valid)
+                out[rows, h, q] = row
             return out
         return hook
 
