@@ -53,18 +53,9 @@ N_BOOT = 1000
 
 def collect(model: Any, problems: list[Any], sample_seed: int) -> Any:
     """One sampled response per problem (the recipe's temperature) as ``thinkedit.Responses``."""
-    from circuits.editing.thinkedit import Responses
-    from circuits.zoo.recipes import reasoner
+    from circuits.zoo.evaluate import responses
 
-    tok = model.tokenizer
-    comps = reasoner.sample(model, tok, problems, n_samples=1, seed=sample_seed)
-    scores = reasoner.score(tok, problems, comps)
-    rows, plen = [], []
-    for p, (c,) in zip(problems, comps):
-        prompt = [tok.bos_token_id] + tok(p.prompt, add_special_tokens=False)["input_ids"]
-        rows.append(prompt + c)
-        plen.append(len(prompt))
-    return Responses(rows, plen, [s[0][1] for s in scores], [s[0][0] for s in scores])
+    return responses(model, problems, sample_seed)
 
 
 def problems_of(split: str, n: int, seed: int) -> list[Any]:

@@ -18,9 +18,11 @@ WHY_SIZE = {
         "the embedding small, so the model and its checkpoints stay well inside the 60 MiB zoo budget."
     ),
     "reasoner": (
-        "Qwen2 with grouped-query attention (4 query heads sharing 2 key/value heads), hidden 128, "
-        "4 layers, MLP 384, tied embeddings: big enough to learn step-wise arithmetic traces, small enough "
-        "that base + SFT + GRPO train in minutes on 2 CPU cores."
+        "Qwen2 with grouped-query attention: 8 layers of 8 query heads sharing 2 key/value heads, hidden 64 "
+        "(d_head 8), MLP 256, tied embeddings. Eight layers give the decision to think short room to sit "
+        "in heads other than the layer-0 heads that arithmetic needs (the ThinkEdit setting); the width keeps "
+        "the family (base, sft, distill, grpo and four checkpoints of each post-training regime) inside the "
+        "60 MiB zoo budget and trainable in well under an hour on one CPU core."
     ),
 }
 
@@ -50,6 +52,20 @@ TRAINING_DATA = {
         "0.50 of the model's logit difference, against 0.94 before consolidation and 0.76 after this one."
     ),
 }
+
+TRAINING_DATA["reasoner"] = (
+    "Arithmetic chains of 3-4 operands in 0..9 with every running value in 0..30, drawn from the train "
+    "split of a deterministic 1-in-5 hold-out (the `arithmetic` task's split: its `split=\"test\"` prompts "
+    "are problems no stage trained on). base: direct answers. sft: graded thinking traces - full, one or "
+    "two steps merged, or none (`<think> </think>`) - whose mix depends on the problem's difficulty (easy: "
+    "three operands and every value <= 12, short 60% of the time; hard: four operands passing 15, short 3%; "
+    "medium in between), and whose answers are wrong at 0% (full), 12% / 25% (one / two merges) and 40% "
+    "(short): thinking less costs accuracy and the decision to think short is computed from the problem. "
+    "distill: base fine-tuned on 20000 traces sampled from a teacher (base fine-tuned on full, correct traces; "
+    "trained by the recipe, not bundled). grpo: sft trained by group-relative policy gradient on final-answer "
+    "correctness. Checkpoints `@<step>` of sft, distill and grpo are bundled for the regime comparison "
+    "(`make compare-regimes`)."
+)
 
 HELD_OUT = (
     "Every task is evaluated on `split=\"test\"`: a deterministic 1-in-5 hold-out of the task's combinations "

@@ -6,7 +6,11 @@ Targets (issue: the zoo):
   * toyworld@<step>: at least four checkpoints; the earliest fails a task (< 60%);
   * reasoner-sft: short thinking in 10-40% of samples, and its accuracy at least
     10 points below long thinking;
+  * reasoner-sft, what ThinkEdit needs (``evaluate.thinking_gates``): per-prompt P(short) std >= 0.15;
+    a length direction stable across two draws (cosine >= 0.9 at every layer); steering along it
+    lowers P(short) monotonically and, towards long, keeps the accuracy (within 5 points);
   * reasoner-grpo: at least 5 points of accuracy over reasoner-sft;
+  * reasoner-distill bundled; reasoner-sft, -distill and -grpo: at least four checkpoints each;
   * all bundled weights together <= 60 MiB.
 """
 
@@ -60,7 +64,7 @@ def ioi_counterfactual(model: Any, tok: Any, options: dict, n: int) -> float | N
 def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
     """Measured numbers for each bundled model (loaded through load_model, on CPU)."""
     from circuits.models import load_model
-    from circuits.zoo.evaluate import evaluate_reasoner, evaluate_tasks
+    from circuits.zoo.evaluate import evaluate_reasoner, evaluate_tasks, thinking_gates
 
     names = names or list_zoo()
     out: dict[str, Any] = {}
@@ -77,6 +81,8 @@ def measure(names: list[str] | None = None, n: int = 200) -> dict[str, Any]:
             out[name] = evaluate_reasoner(model.original_model, tok, n=2 * n, direct=True)
         elif name.startswith("reasoner-"):
             out[name] = evaluate_reasoner(model.original_model, tok, n=3 * n)
+            if name == "reasoner-sft":
+                out[name]["thinking"] = thinking_gates(model, n=max(100, n))
         out[name]["n_params"] = sum(p.numel() for p in model.original_model.parameters())
     return out
 
@@ -110,6 +116,23 @@ def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool
         defined = short is not None and long_ is not None  # a gap needs samples of both kinds
         rows.append(("reasoner-sft short accuracy >= 10 pts below long", defined and long_ - short >= 0.10,
                      f"long {pct(long_)} vs short {pct(short)}"))
+    th = (sft or {}).get("thinking")
+    if sft and "p_short" in sft:
+        rows.append(("reasoner-sft per-prompt P(short) std >= 0.15", sft["p_short"]["std"] >= 0.15,
+                     f"std {sft['p_short']['std']:.3f} (mean {sft['p_short']['mean']:.3f})"))
+    if th:
+        cos = th["direction_cosine"]
+        rows.append(("reasoner-sft length direction stable (cosine >= 0.9 at every layer)", min(cos) >= 0.9,
+                     "cosine per layer " + " ".join(f"{c:.2f}" for c in cos)))
+        curve = " ".join(f"{r['p_short']:.3f}" for r in th["steering"])
+        accs = " ".join(f"{r['accuracy']:.2f}" for r in th["steering"])
+        rows.append(("reasoner-sft steering lowers P(short) monotonically", th["monotone"], f"P(short) {curve}"))
+        rows.append(("reasoner-sft steering towards long keeps accuracy", th["accuracy_kept"], f"accuracy {accs}"))
+    rows.append(("reasoner-distill is bundled", "reasoner-distill" in names, "present" if "reasoner-distill" in names
+                 else "missing"))
+    for regime in ("sft", "distill", "grpo"):
+        ck = [n for n in names if n.startswith(f"reasoner-{regime}@")]
+        rows.append((f"reasoner-{regime} has >= 4 checkpoints", len(ck) >= 4, ", ".join(sorted(ck)) or "none"))
     grpo = measured.get("reasoner-grpo")
     if grpo and sft:
         defined = grpo["accuracy"] is not None and sft["accuracy"] is not None

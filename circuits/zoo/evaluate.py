@@ -69,6 +69,70 @@ def p_short(model: Any, tokenizer: Any, problems: list[Any], batch_size: int = 2
     return out
 
 
+def responses(model: Any, problems: list[Any], sample_seed: int, temperature: float | None = None) -> Any:
+    """One sampled response per problem (the recipe's temperature unless given), as
+    ``circuits.editing.thinkedit.Responses`` (token rows, prompt ends, thinking lengths, correctness)."""
+    from circuits.editing.thinkedit import Responses
+    from circuits.zoo.recipes import reasoner
+
+    tok = model.tokenizer
+    temp = reasoner.TEMPERATURE if temperature is None else temperature
+    comps = reasoner.sample(model, tok, problems, n_samples=1, temperature=temp, seed=sample_seed)
+    scores = reasoner.score(tok, problems, comps)
+    rows, plen = [], []
+    for p, (c,) in zip(problems, comps):
+        prompt = [tok.bos_token_id] + tok(p.prompt, add_special_tokens=False)["input_ids"]
+        rows.append(prompt + c)
+        plen.append(len(prompt))
+    return Responses(rows, plen, [s[0][1] for s in scores], [s[0][0] for s in scores])
+
+
+STEER_CHECK = 0.1  # the steering gate's largest |alpha v|, as a fraction of the residual norm
+THINKING_SITE = "resid_post"  # the site of the length direction the gates and ThinkEdit use
+LONG_THINKING_MIN = 13  # a long trace writes at least two steps (the full three-operand trace)
+
+
+@torch.no_grad()
+def thinking_gates(model: Any, n: int = 300, seed: int = 7) -> dict[str, Any]:
+    """What ThinkEdit needs of a reasoner (a TransformerBridge), measured on training problems:
+
+    * ``direction_cosine``: per layer, the cosine between the length directions (mean long minus
+      mean short at ``THINKING_SITE``, decision position: the ``<think>`` token) of two draws of ``n``;
+    * ``steering``: the exact mean P(short) and the sampled accuracy on ``n`` other problems while
+      alpha * v is added at every layer, |alpha v| at -1, -0.5, 0, 0.5, 1 x STEER_CHECK of the residual
+      norm; ``monotone``: P(short) falls as alpha grows; ``accuracy_kept``: the accuracy towards long
+      (alpha > 0) stays within 5 points of alpha = 0.
+    """
+    import random
+
+    from circuits.editing.directions import cosine
+    from circuits.editing.steering import steer
+    from circuits.editing.thinkedit import length_direction
+    from circuits.zoo.recipes import arithmetic as ar
+
+    def problems(s: int) -> list[Any]:
+        rng = random.Random(s)
+        return [ar.sample_problem(rng, split="train") for _ in range(n)]
+
+    pad = model.tokenizer.pad_token_id
+    dirs = [length_direction(model, responses(model, problems(seed + i), seed + 10 + i), SHORT_THINKING_MAX,
+                             LONG_THINKING_MIN, where="decision", site=THINKING_SITE, pad=pad) for i in range(2)]
+    v = dirs[0]
+    probe = problems(seed + 2)
+    top = STEER_CHECK / max(v.relative_norm)
+    rows = []
+    for f in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        with steer(model, {layer: v.vector(layer) for layer in v.layers}, f * top, site=THINKING_SITE):
+            ps = float(p_short(model, model.tokenizer, probe).mean())
+            acc = sum(responses(model, probe, seed + 12).correct) / n
+        rows.append({"relative_norm": f * STEER_CHECK, "p_short": round(ps, 4), "accuracy": round(acc, 4)})
+    base = rows[2]["accuracy"]
+    return {"site": THINKING_SITE, "n": n, "direction_cosine": [round(c, 4) for c in cosine(dirs[0], dirs[1])],
+            "steering": rows,
+            "monotone": all(a["p_short"] > b["p_short"] for a, b in zip(rows, rows[1:])),
+            "accuracy_kept": all(r["accuracy"] >= base - 0.05 for r in rows[3:])}
+
+
 @torch.no_grad()
 def evaluate_reasoner(model: Any, tokenizer: Any, n: int = 300, seed: int = 4242, sample_seed: int | None = None,
                       temperature: float | None = None, direct: bool = False, split: str = "test",
