@@ -2,7 +2,7 @@
 
 Does a direction in the residual stream control how long the model thinks, do a few heads write
 along it, and does projecting it out of their output weights make the model think short less often
-and answer better? Steps, each a function that returns data (methods.md section 1, adapted to the
+and answer better? Steps, each a function that returns data (the paper's procedure, adapted to the
 zoo's arithmetic reasoner):
 
 1. :func:`collect` - sample one response per problem (fixed problem and sampling seeds) on two

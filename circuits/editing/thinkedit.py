@@ -1,4 +1,4 @@
-"""ThinkEdit's steps on sampled responses (Sun et al. 2025; ../shared/reference/methods.md section 1).
+"""ThinkEdit's steps on sampled responses (Sun, Yan and Weng 2025, arXiv 2503.22048).
 
 A :class:`Responses` holds token rows (prompt then completion), where each prompt ends (BOS
 included), each thinking length (tags included; -1: unclosed) and whether the answer was right.
