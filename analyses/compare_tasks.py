@@ -105,7 +105,7 @@ def head_scores(model: Any, ps: Any, progress: bool = True) -> torch.Tensor:
     from circuits.engines.patching import activation_patching
 
     s = activation_patching(model, ps, "z", direction="noise", positions=None, progress=progress)
-    return 1.0 - s.normalized().float().cpu()
+    return s.effect().float().cpu()
 
 
 def task_circuits(model: Any, spec: str, scores: dict[str, torch.Tensor], fraction: float) -> dict[str, Any]:

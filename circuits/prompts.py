@@ -311,6 +311,48 @@ class PromptSet:
             raise ValueError(f"{os.fspath(path)!r} is not a valid PromptSet: {e}") from None
 
     @classmethod
+    def from_token_ids(cls, clean: Sequence[Sequence[int]], corrupted: Sequence[Sequence[int]],
+                       answers: Sequence[int], wrong_answers: Sequence[int], *, pad_token_id: int,
+                       positions: dict[str, Sequence[int]] | None = None, groups: Sequence[int] | None = None,
+                       group_names: Sequence[str] | None = None, task: str = "custom",
+                       corrupted_answers: Sequence[int] | None = None) -> PromptSet:
+        """A PromptSet from already tokenized prompts: ``clean[i]`` and ``corrupted[i]`` are token id lists
+        of one length (BOS included if the model wants one), right-padded here with ``pad_token_id``;
+        ``answers`` / ``wrong_answers`` are single token ids. ``lengths`` and ``positions["END"]`` (the
+        last token) are filled in; ``positions`` adds named positions (token indices); ``groups`` (default
+        all 0) names template groups. A pair of different lengths is a PromptAlignmentError naming it."""
+        if not (len(clean) == len(corrupted) == len(answers) == len(wrong_answers)):
+            raise ValueError(f"clean ({len(clean)}), corrupted ({len(corrupted)}), answers ({len(answers)}) and "
+                             f"wrong_answers ({len(wrong_answers)}) must hold one entry per prompt")
+        if not clean:
+            raise ValueError("from_token_ids needs at least one prompt")
+        for i, (c, r) in enumerate(zip(clean, corrupted)):
+            if len(c) != len(r):
+                raise PromptAlignmentError(f"prompt {i}: clean has {len(c)} tokens, corrupted {len(r)}; pairs must "
+                                           "align position by position")
+            if not c:
+                raise ValueError(f"prompt {i} is empty")
+        width = max(len(c) for c in clean)
+
+        def padded(rows: Sequence[Sequence[int]]) -> Tensor:
+            out = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
+            for i, row in enumerate(rows):
+                out[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+            return out
+
+        lengths = torch.tensor([len(c) for c in clean])
+        named = {k: torch.as_tensor(list(v), dtype=torch.long) for k, v in (positions or {}).items()}
+        if "END" in named and not torch.equal(named["END"], lengths - 1):
+            raise PromptAlignmentError("positions['END'] must be the last token of each prompt (length - 1)")
+        named["END"] = lengths - 1
+        g = torch.zeros(len(clean), dtype=torch.long) if groups is None else torch.as_tensor(list(groups))
+        names = list(group_names) if group_names is not None else [str(k) for k in range(int(g.max()) + 1)]
+        return cls(task, padded(clean), padded(corrupted), torch.as_tensor(list(answers)),
+                   torch.as_tensor(list(wrong_answers)), lengths, named, g, int(pad_token_id), group_names=names,
+                   corrupted_answers=None if corrupted_answers is None else torch.as_tensor(list(corrupted_answers)),
+                   provenance={"source": "from_token_ids"})
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptSet:
         """Inverse of :meth:`to_dict`; names missing or unknown keys."""
         fields = set(cls.__dataclass_fields__)

@@ -52,6 +52,27 @@ class Scores:
         check_difference(clean, corrupted, f"clean ({clean:.4g}) minus corrupted ({corrupted:.4g}) baseline")
         return (self.values - corrupted) / (clean - corrupted)
 
+    def effect(self) -> Tensor:
+        """The share of the clean-minus-corrupted gap each cell accounts for, one sign convention for every
+        engine: 0 = no effect, 1 = the whole gap, positive = the component carries the clean behaviour.
+
+        denoising (a clean patch into the corrupted run): ``normalized()``; noising (a corrupted patch
+        into the clean run): ``1 - normalized()``; attribution (an estimated drop, clean - corrupted):
+        ``values / (clean - corrupted)``. Which one is read from ``settings["direction"]``."""
+        direction = str(self.settings.get("direction", ""))
+        if direction == "denoise":
+            return self.normalized()
+        if direction == "noise":
+            return 1.0 - self.normalized()
+        if direction.startswith("clean - corrupted"):
+            if "clean" not in self.baseline or "corrupted" not in self.baseline:
+                raise ValueError("effect() needs clean and corrupted baselines")
+            clean, corrupted = self.baseline["clean"], self.baseline["corrupted"]
+            check_difference(clean, corrupted, f"clean ({clean:.4g}) minus corrupted ({corrupted:.4g}) baseline")
+            return self.values / (clean - corrupted)
+        raise ValueError(f"effect() needs settings['direction'] to be 'denoise', 'noise' or 'clean - corrupted' "
+                         f"(an attribution), got {direction!r}")
+
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
         """Bootstrap confidence interval of the mean over prompts: (low, high), each [*axes]."""
         if self.per_example is None:

@@ -140,7 +140,7 @@ def test_ablation_errors(setup):
     with pytest.raises(ValueError, match="head 9 out of range"):
         faithfulness(model, ps, ["a1.h9"])
     with pytest.raises(ValueError, match="not in the universe"):
-        faithfulness(model, ps, ["m1"])
+        faithfulness(model, ps, ["m1"], universe="heads")
     with pytest.raises(ValueError, match="not named"):
         faithfulness(model, ps, ["a1.h1@NOWHERE"])
 
@@ -158,3 +158,12 @@ def test_corrupted_ablation_is_noising_patching(setup):
     with pytest.raises(ValueError, match="own corrupted pair"):
         evaluate_ablated(model, ps, [[(Node("head", 1, 2), "all")]],
                          ablation=Ablation("corrupted", reference=ps.subset([0, 1])))
+
+
+def test_the_universe_follows_the_circuit(setup):
+    """A circuit holding an MLP is evaluated against every head and MLP; a head-only one against the heads."""
+    model, ps, _ = setup
+    f = faithfulness(model, ps, ["m1", "a1.h0"])
+    assert f.settings["universe"] == "heads+mlps"
+    assert f.faithfulness == pytest.approx(faithfulness(model, ps, ["m1", "a1.h0"], universe="heads+mlps").faithfulness)
+    assert faithfulness(model, ps, ["a1.h0"]).settings["universe"] == "heads"

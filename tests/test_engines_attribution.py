@@ -98,3 +98,27 @@ def test_completeness_gap_closes_with_more_steps_and_auto_says_when(method, engi
     history = auto.settings["auto_steps"]["history"]
     assert auto.settings["completeness"]["converged"] == (history[-1]["gap"] <= 0.1)
     assert all(h["gap"] > 0.1 for h in history[:-1]) and auto.settings["steps"] == history[-1]["steps"]
+
+
+def test_effect_has_one_sign_convention_for_patching_and_attribution(engine_models):
+    """Noising, denoising and attribution agree on which heads carry the clean behaviour: effect() is 0
+    for nothing and positive for a component that matters, whatever the direction."""
+    from circuits.engines.attribution import attribute_nodes
+    from circuits.engines.patching import activation_patching
+    from circuits.scores import Scores
+    from circuits.tasks import build_task
+
+    model = engine_models("gpt2")
+    ps = build_task("ioi", model.tokenizer, n=8, seed=2)
+    noise = activation_patching(model, ps, "z", direction="noise", progress=False)
+    denoise = activation_patching(model, ps, "z", direction="denoise", progress=False)
+    attr = attribute_nodes(model, ps)["heads"]
+    assert torch.allclose(noise.effect(), 1 - noise.normalized())
+    assert torch.allclose(denoise.effect(), denoise.normalized())
+    gap = attr.baseline["clean"] - attr.baseline["corrupted"]
+    assert attr.baseline["clean"] == pytest.approx(noise.baseline["clean"], abs=1e-4)
+    assert torch.allclose(attr.effect(), attr.values / gap)
+    top = int(noise.effect().abs().flatten().argmax())
+    assert float(attr.effect().flatten()[top]) * float(noise.effect().flatten()[top]) > 0  # same sign
+    with pytest.raises(ValueError, match="direction"):
+        Scores(torch.zeros(2), ("layer",)).effect()

@@ -94,6 +94,9 @@ def test_detectors_name_the_planted_roles(planted):
     toks = [ps.clean[i] for i in range(4)]
     ret = detectors.retrieval_scores(model, toks, [(1, 8)] * 4, n_steps=3).values
     assert ret.flatten().argmax() == 4 and ret[1, 0] > 0
+    for fn in (detectors.previous_token_scores, detectors.induction_scores, detectors.duplicate_token_scores,
+               detectors.sink_scores):  # a PromptSet is read as its clean prompts and their lengths
+        assert torch.equal(fn(model, ps).values, fn(model, ps.clean, ps.lengths).values)
 
 
 def test_peeking_masks_and_knockouts(planted):

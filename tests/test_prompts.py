@@ -112,3 +112,26 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         io.atomic_write_json(target, {"a": 1})
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_promptset_from_token_ids_equals_the_task_builders():
+    """Rebuilding a built task from its own token ids gives the same tensors, END included."""
+    from circuits.prompts import PromptAlignmentError, PromptSet
+    from circuits.tasks import build_task
+    from circuits.tokenization import word_level_tokenizer
+
+    tok = word_level_tokenizer([str(i) for i in range(40)] + ["+", "-", "=", ",", "<think>", "</think>"])
+    ps = build_task("arithmetic", tok, n=12, seed=0)
+    rows = [r[: int(n)].tolist() for r, n in zip(ps.clean, ps.lengths)]
+    bad = [r[: int(n)].tolist() for r, n in zip(ps.corrupted, ps.lengths)]
+    again = PromptSet.from_token_ids(rows, bad, ps.answers.tolist(), ps.wrong_answers.tolist(),
+                                     pad_token_id=ps.pad_token_id, positions={"A": ps.positions["A"].tolist()},
+                                     groups=ps.groups.tolist(), group_names=ps.group_names)
+    for name in ("clean", "corrupted", "answers", "wrong_answers", "lengths", "groups"):
+        assert torch.equal(getattr(again, name), getattr(ps, name)), name
+    assert torch.equal(again.positions["END"], ps.positions["END"])
+    assert torch.equal(again.positions["A"], ps.positions["A"])
+    with pytest.raises(PromptAlignmentError, match="prompt 1: clean has"):
+        PromptSet.from_token_ids([[1, 2], [1, 2, 3]], [[1, 2], [1, 2]], [5, 5], [6, 6], pad_token_id=0)
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        PromptSet.from_token_ids([[1, 2]], [[1, 2]], [5, 6], [6], pad_token_id=0)

@@ -362,15 +362,18 @@ def verify_nodes(model: Any, ps: PromptSet, scores: EdgeScores, k: int, metric: 
 
 
 def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_diff") -> dict[str, Scores]:
-    """Attribution patching of nodes: (clean - corrupted) . dM/d(output), for heads [layer, head] and MLPs [layer]."""
+    """Attribution patching of nodes: (clean - corrupted) . dM/d(output), for heads [layer, head] and MLPs [layer]:
+    the first-order estimate of the metric's drop when the node is noised, in metric units; with the clean
+    and corrupted baselines, so ``Scores.effect()`` gives the share of the gap (comparable with patching's)."""
     run = EngineRun(model, ps, metric)
     ps, fn, metric_name, ps_m = run.ps, run.metric.fn, run.metric.name, run.scored
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     end = ps.positions["END"]
     names = writer_hooks(n_layers)
     with run, torch.no_grad():
-        _, clean = forward.run_with_store(model, ps.clean, end, names)
-        _, corr = forward.run_with_store(model, ps.corrupted, end, names)
+        lg_clean, clean = forward.run_with_store(model, ps.clean, end, names)
+        lg_corr, corr = forward.run_with_store(model, ps.corrupted, end, names)
+        baseline = {"clean": float(run.evaluate(lg_clean).mean()), "corrupted": float(run.evaluate(lg_corr).mean())}
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -388,5 +391,5 @@ def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_
     settings = {"engine": "node_attribution", "metric": metric_name, **model_settings(model),
                 "n_prompts": len(ps), "direction": "clean - corrupted"}
     labels = {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(n_heads)]}
-    return {"heads": Scores(heads.detach().cpu(), ("layer", "head"), None, labels, {}, settings),
-            "mlps": Scores(mlps.detach().cpu(), ("layer",), None, {"layer": labels["layer"]}, {}, settings)}
+    return {"heads": Scores(heads.detach().cpu(), ("layer", "head"), None, labels, baseline, settings),
+            "mlps": Scores(mlps.detach().cpu(), ("layer",), None, {"layer": labels["layer"]}, baseline, settings)}

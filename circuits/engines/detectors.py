@@ -50,6 +50,13 @@ def _lengths(tokens: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.full((tokens.shape[0],), tokens.shape[1]) if lengths is None else lengths.cpu()
 
 
+def _unpack(tokens: Tensor | PromptSet, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(token ids [batch, pos], real lengths): a PromptSet gives its clean prompts and their lengths."""
+    if isinstance(tokens, PromptSet):
+        return tokens.clean, tokens.lengths if lengths is None else lengths
+    return tokens, lengths
+
+
 def _pattern_score(model: Any, tokens: Tensor, lengths: Tensor | None, target: Tensor, what: str) -> Scores:
     """Mean over (prompt, real query with a target) of sum_k A[q, k] * target[b, q, k]."""
     pat = attention_patterns(model, tokens).float().cpu()  # [L, b, h, q, k]
@@ -63,11 +70,13 @@ def _pattern_score(model: Any, tokens: Tensor, lengths: Tensor | None, target: T
     return _scores(vals, model, what, n_prompts=tokens.shape[0])
 
 
-def previous_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) -> Scores:
+def previous_token_scores(model: Any, tokens: Tensor | PromptSet, lengths: Tensor | None = None) -> Scores:
     """[layer, head] mean attention probability from each real query q >= 1 to q - 1.
 
-    ``tokens`` [batch, pos]; ``lengths`` [batch] real lengths (None: no padding).
+    ``tokens`` [batch, pos], or a PromptSet (its clean prompts and their lengths); ``lengths`` [batch]
+    real lengths (None: no padding).
     """
+    tokens, lengths = _unpack(tokens, lengths)
     n = tokens.shape[1]
     target = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
     idx = torch.arange(1, n)
@@ -75,23 +84,25 @@ def previous_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = N
     return _pattern_score(model, tokens, lengths, target, "previous_token")
 
 
-def duplicate_token_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) -> Scores:
+def duplicate_token_scores(model: Any, tokens: Tensor | PromptSet, lengths: Tensor | None = None) -> Scores:
     """[layer, head] mean attention mass from a real query to earlier positions holding the same token.
 
     Averaged over the queries whose token occurs earlier in the prompt; ``lengths`` as in
     :func:`previous_token_scores`.
     """
+    tokens, lengths = _unpack(tokens, lengths)
     t = tokens.cpu()
     same = t[:, :, None] == t[:, None, :]
     earlier = torch.tril(torch.ones(t.shape[1], t.shape[1], dtype=torch.bool), -1)
     return _pattern_score(model, tokens, lengths, same & earlier, "duplicate_token")
 
 
-def induction_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) -> Scores:
+def induction_scores(model: Any, tokens: Tensor | PromptSet, lengths: Tensor | None = None) -> Scores:
     """[layer, head] mean attention mass from a real query q to keys k < q preceded by token q.
 
     Averaged over the queries that have such a key; ``lengths`` as in :func:`previous_token_scores`.
     """
+    tokens, lengths = _unpack(tokens, lengths)
     t = tokens.cpu()
     prev = torch.cat([torch.full_like(t[:, :1], -1), t[:, :-1]], 1)  # token before each key
     match = t[:, :, None] == prev[:, None, :]
@@ -99,8 +110,9 @@ def induction_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None) 
     return _pattern_score(model, tokens, lengths, match & causal, "induction")
 
 
-def sink_scores(model: Any, tokens: Tensor, lengths: Tensor | None = None, n_sink: int = 1) -> Scores:
+def sink_scores(model: Any, tokens: Tensor | PromptSet, lengths: Tensor | None = None, n_sink: int = 1) -> Scores:
     """[layer, head] mean attention mass from each real query q >= ``n_sink`` to positions < ``n_sink``."""
+    tokens, lengths = _unpack(tokens, lengths)
     n = tokens.shape[1]
     target = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
     target[:, n_sink:, :n_sink] = True

@@ -1,7 +1,8 @@
 """Circuit evaluation: circuit-only, complement, faithfulness, completeness, minimality.
 
 F(S) is the mean metric when every node of the *universe* outside S is ablated
-(heads by default; MLPs join with ``universe="heads+mlps"``). A circuit node with
+(by default inferred from the circuit: every head, and every MLP too when the circuit holds one;
+or ``universe="heads"``, ``"heads+mlps"`` or a list of nodes). A circuit node with
 a position (``a9.h6@END``) is kept only at that position, as in the IOI paper.
 
 - normalized faithfulness: (F(C) - F(empty)) / (F(M) - F(empty)), M = full model;
@@ -39,6 +40,11 @@ from circuits.prompts import PromptSet
 from circuits.records import Record
 
 Placed = tuple[Node, str]
+
+
+def infer_universe(circuit: Sequence[Node]) -> str:
+    """"heads+mlps" when the circuit holds an MLP, else "heads" (the default universe of the evaluations)."""
+    return "heads+mlps" if any(n.kind == "mlp" for n in circuit) else "heads"
 
 
 def resolve_universe(model: Any, universe: str | Sequence[Any]) -> list[Node]:
@@ -164,12 +170,13 @@ class Minimality(Record):
         return [n for n, m in self.nodes.items() if m.fraction_of_full is None or m.fraction_of_full < fraction]
 
 
-def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe: str | Sequence[Any] = "heads",
+def faithfulness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, universe: str | Sequence[Any] | None = None,
                  ablation: Ablation | None = None, metric: str | Metric = "logit_diff",
                  memory_budget: int | None = None) -> Faithfulness:
     """Full model, circuit only, empty circuit and complement, in one batched evaluation."""
     ablation = ablation or Ablation()
     circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
+    universe = infer_universe(circ) if universe is None else universe
     uni = resolve_universe(model, universe)
     unknown = [n.name for n in circ if n.unpositioned() not in set(uni)]
     if unknown:
@@ -199,13 +206,13 @@ def _subsets(nodes: list[Node], n: int, rng: random.Random) -> list[list[Node]]:
 
 
 def completeness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, classes: dict[str, Sequence[Any]] | None = None,
-                 n_random: int = 20, seed: int = 0, universe: str | Sequence[Any] = "heads",
+                 n_random: int = 20, seed: int = 0, universe: str | Sequence[Any] | None = None,
                  ablation: Ablation | None = None, metric: str | Metric = "logit_diff",
                  memory_budget: int | None = None) -> Completeness:
     """|F(C minus K) - F(M minus K)| for K = each class, the empty set and ``n_random`` random subsets of C
     (drawn with ``seed``); checks sorted largest gap first."""
     circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
-    uni = resolve_universe(model, universe)
+    uni = resolve_universe(model, infer_universe(circ) if universe is None else universe)
     rng = random.Random(seed)
     ks: list[tuple[str, list[Node]]] = [("empty", [])]
     for name, members in (classes or {}).items():
@@ -226,12 +233,12 @@ def completeness(model: Any, ps: PromptSet, circuit: Sequence[Any], *, classes: 
 
 
 def minimality(model: Any, ps: PromptSet, circuit: Sequence[Any], *, n_random: int = 10, seed: int = 0,
-               universe: str | Sequence[Any] = "heads", ablation: Ablation | None = None,
+               universe: str | Sequence[Any] | None = None, ablation: Ablation | None = None,
                metric: str | Metric = "logit_diff", memory_budget: int | None = None) -> Minimality:
     """For each node v: max over K (empty + ``n_random`` random subsets of C minus v, drawn with ``seed``)
     of |F(C minus (K+v)) - F(C minus K)|."""
     circ = check_nodes(model, [parse_node(n) for n in as_list(circuit, "circuit")])
-    uni = resolve_universe(model, universe)
+    uni = resolve_universe(model, infer_universe(circ) if universe is None else universe)
     rng = random.Random(seed)
     plan, variants = [], [[]]
     for v in circ:
