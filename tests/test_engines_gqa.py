@@ -89,3 +89,21 @@ def test_gqa_models_run_attribution_and_discovery(arch, engine_models):
     rep = agreement_report(model, ps, steps=2, strict=False, max_edges=40)
     assert len(rep.edge.names) == 40 and -1 <= rep.edge.pearson <= 1
     assert type(rep).from_dict(rep.to_dict()) == rep
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_one_naming_under_gqa_heads_and_groups_name_the_same_patch(arch, engine_models):
+    """A head's key reader and its KV group's reader are the same edge and the same path-patching receiver."""
+    from circuits.engines.edges import edge_graph
+
+    model = engine_models(arch)
+    g = edge_graph(model)
+    assert g.index("a0.h1", "a1.h2<k>") == g.index("a0.h1", "a1.g1<k>") == g.index("a0.h1", "a1.h3<k>")
+    assert g.index("m0", "a1.h0<v>") == g.index("m0", "a1.g0<v>")
+    assert g.canonical_reader("a1.h2<q>") == "a1.h2<q>"
+    ps = build_task("ioi", model.tokenizer, n=6, seed=1)
+    by_group = path_patching(model, ps, ["a1.g1<k>"], progress=False)
+    by_head = path_patching(model, ps, ["a1.h3<k>"], progress=False)
+    assert torch.allclose(by_group.values, by_head.values, atol=1e-6)
+    assert by_group.settings["kv_groups_patched"] == by_head.settings["kv_groups_patched"] == ["a1.g1<k>"]
+    assert path_patching(model, ps, ["a1.h3<q>"], progress=False).settings["kv_groups_patched"] == []

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from circuits.engines.sites import n_kv_heads
 from circuits.graph.circuit import Shape
-from circuits.names import edge_name, graph_names, is_edge, level, parse_node, parse_reader
+from circuits.names import BadName, edge_name, graph_names, is_edge, level, parse_node, parse_reader
 
 
 @dataclass
@@ -64,6 +64,7 @@ class EdgeGraph:
         """
         if writer not in self.writer_index:
             raise ValueError(f"unknown writer {writer!r}; writers look like input, a0.h1, m2")
+        reader = self.canonical_reader(reader)
         if reader not in self.reader_index:
             kind = "a{L}.g{G}<k|v>" if self.gqa else "a{L}.h{H}<q|k|v>"
             raise ValueError(f"unknown reader {reader!r}; readers look like {kind}, m2, logits")
@@ -71,6 +72,19 @@ class EdgeGraph:
         if not self.mask[w, r]:
             raise ValueError(f"{writer}->{reader} is not an edge: the writer does not come before the reader")
         return w, r
+
+    def canonical_reader(self, reader: str) -> str:
+        """The graph's name of ``reader``: under grouped-query attention a head's key or value reader
+        (``a1.h2<k>``) is its KV group's (``a1.g1<k>``: the whole group reads those keys); else unchanged."""
+        if not self.gqa or not reader.endswith(("<k>", "<v>")):
+            return reader
+        try:
+            r = parse_reader(reader)
+        except BadName:
+            return reader
+        if r.kind != "head":
+            return reader
+        return f"a{r.layer}.g{r.index // (self.n_heads // self.n_kv_heads)}<{r.component}>"
 
     def shape(self) -> Shape:
         """The model shape the graph was built for (what circuits record)."""

@@ -19,7 +19,9 @@ head equals transformer-lens's ``get_act_patch_direct_path``.
 
 Receivers are ``"logits"`` or head inputs named as in EAP-IG/MIB: ``"a9.h6<q>"``
 (also ``(9, 6, "q")``). With grouped-query attention a ``<k>``/``<v>`` receiver
-patches the keys/values of the head's KV group, which every head of the group reads.
+patches the keys/values of the head's KV group, which every head of the group reads:
+``a9.h6<k>`` and the group reader ``a9.g1<k>`` name the same patch (a head that shares the
+group gets the same effect), and the result's ``kv_groups_patched`` lists the groups.
 """
 
 from __future__ import annotations
@@ -47,15 +49,21 @@ from circuits.prompts import PromptSet
 from circuits.scores import Scores
 
 
-def parse_receiver(spec: Any) -> tuple[int, int, str] | str:
-    """'logits', 'a9.h6<q>' or (9, 6, 'q') -> 'logits' | (layer, head, component)."""
+def parse_receiver(spec: Any, group_size: int = 1) -> tuple[int, int, str] | str:
+    """'logits', 'a9.h6<q>', (9, 6, 'q') or a KV group reader 'a9.g1<k>' (its first head's keys, which the
+    whole group shares; ``group_size`` = query heads per KV group) -> 'logits' | (layer, head, component)."""
     try:
         reader = parse_reader(spec)
     except BadName:
         reader = None
-    if reader is None or reader.kind not in ("head", "logits"):
-        raise ValueError(f"bad receiver {spec!r}: expected 'logits', 'a{{L}}.h{{H}}<q|k|v>' or (L, H, 'q')")
-    return "logits" if reader.kind == "logits" else (reader.layer, int(reader.index), str(reader.component))
+    if reader is None or reader.kind not in ("head", "group", "logits"):
+        raise ValueError(f"bad receiver {spec!r}: expected 'logits', 'a{{L}}.h{{H}}<q|k|v>', 'a{{L}}.g{{G}}<k|v>' "
+                         "or (L, H, 'q')")
+    if reader.kind == "logits":
+        return "logits"
+    if reader.kind == "group":
+        return reader.layer, int(reader.index) * group_size, str(reader.component)
+    return reader.layer, int(reader.index), str(reader.component)
 
 
 def _freeze_hook(base: torch.Tensor, keep_tiles: list[int], n: int):
@@ -166,7 +174,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         ps, metric_name = run.ps, run.metric.name
         if direction not in ("noise", "denoise"):
             raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}")
-        recv = [parse_receiver(r) for r in as_list(receivers, "receivers")]
+        group_size = int(model.cfg.n_heads) // n_kv_heads(model)
+        recv = [parse_receiver(r, group_size) for r in as_list(receivers, "receivers")]
         for name, pos in (("sender_position", sender_position), ("receiver_position", receiver_position)):
             if pos is not None and pos not in ps.positions:
                 raise ValueError(f"{name} {pos!r} is not named in this PromptSet; it has {sorted(ps.positions)}")
@@ -257,6 +266,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                        "senders": [s.name for s in snd], "direction": direction, "freeze_mlps": freeze_mlps,
                        "direct_shortcut": bool(fast), "one_layer_shortcut": bool(one_layer),
                        "sender_position": sender_position, "receiver_position": receiver_position,
+                       "kv_groups_patched": [f"a{layer}.g{h // group_size}<{c}>" for layer, h, c in heads_recv
+                                             if c in ("k", "v") and group_size > 1],
                        "metric": metric_name, **model_settings(model), "n_prompts": b, "provenance": ps.provenance})
 
 
