@@ -30,6 +30,7 @@ import torch
 from analyses.common import run_analysis, safe_name
 
 METHODS = (("EAP", "eap"), ("EAP-IG-inputs", "eap-ig-inputs"), ("EAP-IG-activations", "eap-ig-activations"))
+VERIFY = 5  # each method's top heads checked against exact activation patching (sign and size)
 
 
 def prompts(model: Any, spec: str, task: str, n: int, seed: int) -> tuple[Any, str, dict[str, Any]]:
@@ -52,7 +53,8 @@ def attribute(model: Any, ps: Any, steps: int, metric: str, timings: dict[str, f
     scores = {}
     for name, method in METHODS:
         t = time.time()
-        scores[name] = attribute_edges(model, ps, method=method, steps=1 if method == "eap" else steps, metric=metric)
+        scores[name] = attribute_edges(model, ps, method=method, steps=1 if method == "eap" else steps, metric=metric,
+                                       verify=VERIFY)
         timings[name] = round(time.time() - t, 2)
         print(f"[discover] {name}: {timings[name]} s", flush=True)
     return scores
@@ -178,6 +180,8 @@ class DiscoverResult:
             "eap_ig_circuit": {**self.circuit.to_dict(), "stability": self.stability["eap_ig"].to_dict()},
             "agreement": self.agreement.to_dict(),
             "top_edges": {k: s.ranked()[:20] for k, s in self.scores.items() if k != "ACDC"},
+            "checks": {k: {"verification": s.settings.get("verification"), "completeness": s.settings.get("completeness")}
+                       for k, s in self.scores.items() if k != "ACDC"},
             "timings_s": self.timings, "seconds": round(self.seconds, 2),
         }
 
@@ -234,6 +238,14 @@ def summary(r: DiscoverResult) -> str:
                   f"(min {ig_stab.min:.2f}, {ig_stab.n_boot} resamples)",
               f"ACDC (tau {r.tau}, KL): {len(r.acdc.edges)} edges; bootstrap edge Jaccard {ac_stab.mean:.2f} "
               f"({ac_stab.n_boot} resamples)"]
+    for name, sc in r.scores.items():
+        v = sc.settings.get("verification")
+        comp = sc.settings.get("completeness", {})
+        if v is not None:
+            flagged = ", ".join(f"{f['node']} ({f['attribution']:+.2f} vs exact {f['exact']:+.2f})" for f in v["flagged"])
+            lines.append(f"{name}: top {len(v['checked'])} heads checked against exact patching, "
+                         f"{len(v['flagged'])} flagged{': ' + flagged if flagged else ''}; completeness gap "
+                         f"{_number(comp.get('gap'))}")
     a = r.agreement
     lines.append(f"agreement with exact patching: nodes pearson {_number(a.node.pearson)} spearman "
                  f"{_number(a.node.spearman)}; edges pearson {_number(a.edge.pearson)} spearman "

@@ -58,8 +58,10 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
     for c in r["mib"].values():
         assert len(c["faithfulness"]) == 10 and c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
     assert {"node", "edge"} <= set(r["agreement"])
+    assert len(r["checks"]["EAP-IG-inputs"]["verification"]["checked"]) == 5
     assert r["provenance"]["task"] == "ioi" and r["eap_ig_circuit"]["stability"]["n_boot"] == 2
     assert json.loads((sub / "eap_ig_circuit.json").read_text())["edges"]
     for stem in ("curves", "circuit"):
         assert (sub / f"{stem}.png").stat().st_size > 1000
-    assert "CPR" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "CPR" in out and "heads checked against exact patching" in out
