@@ -41,7 +41,7 @@ def naive_patch(model, ps, site_hook, index_fn, direction="denoise", cells=()):
 
 def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlps=False,
                      sender_position=None, receiver_position=None):
-    """Wang et al.'s four passes, literally, for one sender head (layer, head).
+    """Wang et al.'s four passes, literally, for one sender: a head (layer, head) or an MLP ("mlp", layer).
 
     ``sender_position`` / ``receiver_position``: a named position of ``ps``; the sender is
     patched there only / the receivers take pass C's input there only."""
@@ -54,21 +54,31 @@ def naive_path_patch(model, ps, sender, receivers, direction="noise", freeze_mlp
     n_layers = model.cfg.n_layers
     group = model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
     hooks = []
+    mlp_sender = sender[0] == "mlp"
     for layer in range(n_layers):
         name = block(layer) + "attn.hook_z"
 
         def freeze_z(act, hook, name=name, layer=layer):
             out = bc[name].clone()
-            if layer == sender[0]:
+            if not mlp_sender and layer == sender[0]:
                 if s_pos is None:
                     out[:, :, sender[1]] = sc[name][:, :, sender[1]]
                 else:
                     out[rows, s_pos, sender[1]] = sc[name][rows, s_pos, sender[1]]
             return out
         hooks.append((name, freeze_z))
+        mname = block(layer) + "hook_mlp_out"
         if freeze_mlps:
-            mname = block(layer) + "hook_mlp_out"
             hooks.append((mname, lambda act, hook, mname=mname: bc[mname].clone()))
+        if mlp_sender and layer == sender[1]:
+            def patch_mlp(act, hook, mname=mname):
+                out = act.clone()
+                if s_pos is None:
+                    out[:] = sc[mname]
+                else:
+                    out[rows, s_pos] = sc[mname][rows, s_pos]
+                return out
+            hooks.append((mname, patch_mlp))
     if receivers == "logits":
         return metric_full(model, base, ps, hooks)
     captured = {}

@@ -38,6 +38,33 @@ def test_path_patching_matches_four_pass_reference(arch, freeze_mlps, receivers,
     assert torch.isfinite(wang_effect(got)).all()
 
 
+@pytest.mark.parametrize("arch", ENGINE_ARCHS)
+@pytest.mark.parametrize("freeze_mlps", [False, True])
+@pytest.mark.parametrize("receivers", ["logits", [(1, 2, "q")], [(1, 0, "k"), (1, 3, "v")]])
+def test_mlp_senders_match_the_four_pass_reference(arch, freeze_mlps, receivers, engine_models):
+    """An MLP -> head (or -> logits) path, traced like a head's: the sender's output patched, all attention
+    frozen; scores on one ``sender`` axis in the order given."""
+    model = engine_models(arch)
+    ps = build_task("ioi", model.tokenizer, n=5, seed=2)
+    recv = ["logits"] if receivers == "logits" else receivers
+    senders = ["m0", "a0.h1", "m1"]
+    got = path_patching(model, ps, recv, senders=senders, freeze_mlps=freeze_mlps, progress=False)
+    assert got.axes == ("sender",) and got.labels["sender"] == senders
+    refs = [naive_path_patch(model, ps, ("mlp", 0), receivers, "noise", freeze_mlps),
+            naive_path_patch(model, ps, (0, 1), receivers, "noise", freeze_mlps)]
+    for i, ref in enumerate(refs):
+        torch.testing.assert_close(got.per_example[i], ref, atol=1e-5, rtol=1e-5)
+    if receivers == "logits":
+        torch.testing.assert_close(got.per_example[2], naive_path_patch(model, ps, ("mlp", 1), receivers, "noise",
+                                                                        freeze_mlps), atol=1e-5, rtol=1e-5)
+    else:  # m1 comes after the layer-1 receivers: no path, the base value
+        assert got.values[2] == pytest.approx(got.baseline["base"])
+    assert abs(got.values[0] - got.baseline["base"]) > 1e-4
+    at = path_patching(model, ps, recv, senders=["m0"], sender_position="END", progress=False)
+    ref = naive_path_patch(model, ps, ("mlp", 0), receivers, "noise", False, sender_position="END")
+    torch.testing.assert_close(at.per_example[0], ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_direct_path_matches_transformer_lens(arch, engine_models):
     model = engine_models(arch)
@@ -60,8 +87,10 @@ def test_path_patching_errors(engine_models):
         path_patching(model, ps, ["a1.h9<q>"], progress=False)
     with pytest.raises(ValueError, match="cannot be combined"):
         path_patching(model, ps, ["logits", "a1.h0<q>"], progress=False)
-    with pytest.raises(ValueError, match="senders must be attention heads"):
-        path_patching(model, ps, ["logits"], senders=["m0"], progress=False)
+    with pytest.raises(ValueError, match="senders must be attention heads or MLPs"):
+        path_patching(model, ps, ["logits"], senders=["r1"], progress=False)
+    with pytest.raises(ValueError, match="sender_position"):
+        path_patching(model, ps, ["logits"], senders=["a0.h1@END"], progress=False)
     assert parse_receiver("a3.h1<v>") == (3, 1, "v") and parse_receiver((2, 0, "k")) == (2, 0, "k")
 
 

@@ -94,10 +94,23 @@ class GenericPasses:
         n, b, base_store = len(chunk), self.b, self.replay.store
         hooks: list[forward.Hook] = []
         for layer in range(self.n_layers):
-            own = [t for t, s in enumerate(chunk) if s.layer == layer]
+            own = [t for t, s in enumerate(chunk) if s.layer == layer and s.kind == "head"]
+            own_mlp = [t for t, s in enumerate(chunk) if s.layer == layer and s.kind == "mlp"]
             hooks.append((hook_at("attn_out", layer), _freeze_hook(base_store[hook_at("attn_out", layer)], own, n)))
             if self.freeze_mlps:
                 hooks.append((hook_at("mlp_out", layer), _freeze_hook(base_store[hook_at("mlp_out", layer)], [], n)))
+            if own_mlp:  # an MLP sender: its output from the source run (after any freezing)
+                def patch_mlp(act, hook, own_mlp=own_mlp, layer=layer):
+                    a = act.clone().reshape(n, b, *act.shape[1:])
+                    src = self.src_store[hook_at("mlp_out", layer)]
+                    for t in own_mlp:
+                        if self.s_pos is None:
+                            a[t] = src
+                        else:
+                            rows = torch.nonzero(self.s_pos >= 0).flatten()
+                            a[t, rows, self.s_pos[rows]] = src[rows, self.s_pos[rows]]
+                    return a.reshape(act.shape)
+                hooks.append((hook_at("mlp_out", layer), patch_mlp))
             if own:
                 def patch_z(act, hook, own=own, layer=layer):
                     a = act.clone().reshape(n, b, *act.shape[1:])
@@ -156,12 +169,14 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                   metric: str | Metric = "logit_diff", direction: str = "noise", freeze_mlps: bool = False,
                   sender_position: str | None = None, receiver_position: str | None = None,
                   memory_budget: int | None = None, progress: bool = True) -> Scores:
-    """Effect of each sender head on the metric through its paths to ``receivers`` only.
+    """Effect of each sender (a head, or an MLP) on the metric through its paths to ``receivers`` only.
 
     Args:
         receivers: ["logits"] or head inputs (["a7.h3<q>", "a8.h6<q>"], ...), patched jointly.
         senders: heads to score (default: all); scores are [layer, head] with NaN
-            for heads not scored and the base value for senders with no path.
+            for heads not scored and the base value for senders with no path. MLPs (``m{L}``)
+            may be senders too (their output patched, all attention frozen): the scores then
+            have one axis, ``sender``, labelled with the senders' names in the order given.
         direction: "noise" (the IOI paper: clean run, corrupted sender) or "denoise".
         sender_position / receiver_position: a named position to restrict the
             sender's patched output / the receivers' patched inputs to (default: all).
@@ -187,8 +202,11 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         check_nodes(model, [Node("head", layer, h) for layer, h, _ in heads_recv])
         snd = (check_nodes(model, [parse_node(s) for s in as_list(senders, "senders")]) if senders is not None
                else all_heads(model))
-        if any(s.kind != "head" for s in snd):
-            raise ValueError("senders must be attention heads")
+        if any(s.kind not in ("head", "mlp") for s in snd):
+            raise ValueError(f"senders must be attention heads or MLPs, got {[s.name for s in snd if s.kind not in ('head', 'mlp')]}")
+        if any(s.pos is not None for s in snd):
+            raise ValueError("senders take no @POSITION; use sender_position")
+        mlp_senders = any(s.kind == "mlp" for s in snd)
 
         base_tok, src_tok = (ps.clean, ps.corrupted) if direction == "noise" else (ps.corrupted, ps.clean)
         end = ps.positions["END"]
@@ -214,7 +232,8 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         # the base run records what each block received, so later passes can restart at any layer
         replay = BlockReplay(model, base_tok, end, store=attn_names + mlp_names + extra)
         base_logits, base_store = replay.base_logits, replay.store
-        src_logits, src_store = forward.run_with_store(model, src_tok, end, sorted({z_names[s.layer] for s in snd}))
+        src_names = {z_names[s.layer] if s.kind == "head" else hook_at("mlp_out", s.layer) for s in snd}
+        src_logits, src_store = forward.run_with_store(model, src_tok, end, sorted(src_names))
         base_vals = run.evaluate(base_logits)
         s_pos = None if sender_position is None else ps.positions[sender_position].long()
         r_pos = None if receiver_position is None else ps.positions[receiver_position].long()
@@ -223,17 +242,19 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
         last_recv = n_layers if recv == ["logits"] else max(layer for layer, _, _ in heads_recv)
         scored = [s for s in snd if s.layer < last_recv]
         per = torch.full((n_layers, int(model.cfg.n_heads), b), float("nan"))
+        per_sender = {s.name: base_vals.cpu() for s in snd}  # senders with no path keep the base value
         for s in snd:
-            per[s.layer, s.head] = base_vals.cpu()
+            if s.kind == "head":
+                per[s.layer, s.head] = base_vals.cpu()
         per_chunk = max(1, forward.rows_per_forward(model, base_tok.shape[1], memory_budget) // b)
-        scored = sorted(scored, key=lambda s: (s.layer, s.head))
+        scored = sorted(scored, key=lambda s: (s.layer, s.kind != "head", s.head if s.kind == "head" else 0))
         groups: list[list[Node]] = []  # one sender layer per chunk: pass C restarts at that layer
         for snd_i in scored:
             if not groups or len(groups[-1]) >= per_chunk or groups[-1][0].layer != snd_i.layer:
                 groups.append([])
             groups[-1].append(snd_i)
         fast = False
-        if freeze_mlps:
+        if freeze_mlps and not mlp_senders:  # the shortcut computes head senders' deltas only
             fast, why = check_receiver_inputs(model, base_store, heads_recv)
             fastpaths.record(model, "path_direct_shortcut", fast, why)
         # receivers all in one layer: their outputs by hand, not a forward of that layer
@@ -247,17 +268,26 @@ def path_patching(model: Any, ps: PromptSet, receivers: Sequence[Any], *, sender
                                  r_pos, one_layer)
             for chunk, logits in direct.logits(list(forward.chunks(scored, per_chunk)), progress):
                 for t, snd_t in enumerate(chunk):
-                    per[snd_t.layer, snd_t.head] = run.evaluate(logits[t]).cpu()
+                    per[snd_t.layer, snd_t.head] = per_sender[snd_t.name] = run.evaluate(logits[t]).cpu()
             one_layer, groups = direct.one_layer, []
         passes = GenericPasses(replay, src_store, heads_recv, freeze_mlps, group, s_pos, r_pos)
         for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, leave=False):
             logits = passes.logits(chunk)
             for t, s in enumerate(chunk):
-                per[s.layer, s.head] = run.evaluate(logits[t]).cpu()
+                per_sender[s.name] = run.evaluate(logits[t]).cpu()
+                if s.kind == "head":
+                    per[s.layer, s.head] = per_sender[s.name]
 
         clean_logits, corrupted_logits = (base_logits, src_logits) if direction == "noise" else (src_logits, base_logits)
-        return Scores(per.mean(-1), ("layer", "head"), per,
-                      {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(model.cfg.n_heads)]},
+        if mlp_senders:  # one axis of named senders, heads and MLPs alike
+            names = [s.name for s in snd]
+            stacked = torch.stack([per_sender[nm] for nm in names])
+            values, axes, labels = stacked.mean(-1), ("sender",), {"sender": names}
+            per = stacked
+        else:
+            values, axes = per.mean(-1), ("layer", "head")
+            labels = {"layer": [str(x) for x in range(n_layers)], "head": [str(h) for h in range(model.cfg.n_heads)]}
+        return Scores(values, axes, per, labels,
                       {"clean": float(run.evaluate(clean_logits).mean()),
                        "corrupted": float(run.evaluate(corrupted_logits).mean()),
                        "base": float(base_vals.mean())},
