@@ -45,8 +45,8 @@ SHORT_MAX = 2  # thinking tokens of a short trace: "<think> </think>", no step
 LONG_MIN = 13  # a trace that writes at least two steps (the full three-operand trace)
 SITE = "resid_post"  # the site of the direction that is steered along and projected out
 STEER_MAX = 0.1  # the largest steering vector, as a fraction of the mean residual norm
-ALPHAS = 9  # steering strengths, evenly spaced in [-STEER_MAX, +STEER_MAX] of the residual norm
-K_CANDIDATES = (1, 2, 3, 4, 6, 8)
+ALPHAS = 7  # steering strengths, evenly spaced in [-STEER_MAX, +STEER_MAX] of the residual norm
+K_CANDIDATES = (1, 2, 4, 8)
 SHORTEST = (0.05, 0.10, 0.20)
 N_BOOT = 1000
 
@@ -263,8 +263,8 @@ class Result:
 
 
 @torch.no_grad()
-def run(spec: str = "zoo:reasoner-sft", n_direction: int = 400, n_select: int = 300, n_eval: int = 1000,
-        seed: int = 0, device: str | None = None, n_random: int = 5) -> Result:
+def run(spec: str = "zoo:reasoner-sft", n_direction: int = 400, n_select: int = 200, n_eval: int = 600,
+        seed: int = 0, device: str | None = None, n_random: int = 3) -> Result:
     """Every step on ``spec`` (see the module docstring); every draw has its own seed."""
     from circuits.models import load_model
 
@@ -347,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analyses.thinkedit", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="zoo:reasoner-sft")
     ap.add_argument("--n-direction", type=int, default=400)
-    ap.add_argument("--n-select", type=int, default=300)
-    ap.add_argument("--n-eval", type=int, default=1000)
-    ap.add_argument("--random-draws", type=int, default=5)
+    ap.add_argument("--n-select", type=int, default=200)
+    ap.add_argument("--n-eval", type=int, default=600)
+    ap.add_argument("--random-draws", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device")
     ap.add_argument("--out", default="results")

