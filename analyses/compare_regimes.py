@@ -16,8 +16,8 @@ head importance I = the share of |score| of the edges a head writes, Thinking Sp
    circuit stays within a Jaccard of ``STABLE`` of the final one. A checkpoint that does not do the
    task (accuracy below ``FLOOR``) is marked: its "circuit" is read, but it is not a mechanism.
 
-:func:`main` writes results/compare_regimes/<family>/ (compare_regimes.json, figures, every
-circuit as JSON and MIB graph JSON) as a unit and prints a summary. Under 10 minutes on 2 cores.
+:func:`main` writes results/compare_regimes/zoo/ (compare_regimes.json, figures, every circuit in
+every export format) as a unit and prints a summary.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from analyses.common import run_analysis
 FLOOR = 0.8
 STABLE = 0.8  # head Jaccard with the final circuit from which a circuit counts as stable
 TOP_FRACTION = 0.05  # a circuit: the top 5% of the model's edges by |EAP-IG score|
-STEPS = 16  # EAP-IG integration steps
+STEPS = 8  # EAP-IG integration steps (midpoint rule; each result records its completeness gap)
 REGIMES = ("sft", "distill", "grpo")
 METHOD = ("EAP-IG on the input embeddings (midpoint rule), objective KL(clean || run) at END; circuit = top "
           "fraction of edges by |score|; head importance = normalised sum of |score| of the edges a head writes")
@@ -302,10 +302,10 @@ def summary(r: Result) -> str:
 
 
 def write(r: Result, folder: str) -> list[str]:
-    """compare_regimes.json (with provenance), the figures (PDF + PNG), and every circuit as JSON and MIB
-    graph JSON under circuits/."""
+    """compare_regimes.json (with provenance), the figures (PDF + PNG), and every circuit in every export
+    format under circuits/."""
     from circuits.figures import save_figure
-    from circuits.graph.export import export
+    from circuits.graph.export import FORMATS, export
     from circuits.results import provenance, write_result
 
     paths = []
@@ -318,9 +318,11 @@ def write(r: Result, folder: str) -> list[str]:
     if r.evolution is not None:
         for task, d in r.evolution["tasks"].items():
             named |= {f"{r.evolution['model']}_{s}_{task}": c for s, c in d["circuits"].items()}
+    ext = {"json": "json", "mib": "mib.json", "graphml": "graphml", "dot": "dot", "tikz": "tex", "pdf": "pdf",
+           "svg": "svg", "png": "png"}
     for stem, c in named.items():
-        for fmt, ext in (("json", "json"), ("mib", "mib.json")):
-            path = os.path.join(folder, "circuits", f"{stem}.{ext}")
+        for fmt in FORMATS:
+            path = os.path.join(folder, "circuits", f"{stem}.{ext[fmt]}")
             export(c, path, fmt)
             paths.append(path)
     data = {**r.data(), "files": [os.path.relpath(p, folder) for p in paths]}

@@ -84,6 +84,7 @@ def test_write_and_bad_arguments(evolution, tmp_path, capsys):
                    parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert d["evolution"]["tasks"]["greater_than"]["stable_from"] == evolution["tasks"]["greater_than"]["stable_from"]
     assert (tmp_path / "circuits" / "toyworld_final_greater_than.mib.json").is_file()
+    assert (tmp_path / "circuits" / "toyworld_final_greater_than.pdf").is_file()
     assert (tmp_path / "toyworld_greater_than_cohorts.png").stat().st_size > 1000
     assert "stable from" in cr.summary(r)
     assert cr.main(["--top-fraction", "2", "--out", str(tmp_path / "x")]) == 2
