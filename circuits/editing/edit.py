@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -140,6 +141,7 @@ def save_edited(model: Any, path: str | os.PathLike, edit: HeadEdit, source: str
         raise FileExistsError(f"{path} exists; choose a new folder for the edited checkpoint")
     plain = plain_hf_copy(model)
     stage = tempfile.mkdtemp(prefix=".edited-", dir=parent)
+    done = False
     try:
         plain.save_pretrained(stage)
         tok = getattr(model, "tokenizer", None)
@@ -153,9 +155,8 @@ def save_edited(model: Any, path: str | os.PathLike, edit: HeadEdit, source: str
                     f"{', '.join(edit.heads)} ({edit.params_changed} parameters changed, {edit.percent:.3f}% of "
                     f"{edit.params_total}). Made by circuits.editing; see edit.json.\n")
         os.rename(stage, path)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        done = True
+    finally:
+        if not done:  # a failed save leaves nothing behind
+            shutil.rmtree(stage, ignore_errors=True)
     return path

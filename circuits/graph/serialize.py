@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Mapping
 from typing import Any
+from xml.etree import ElementTree
 
 import networkx as nx
 
@@ -268,7 +269,7 @@ def read_graphml(path: str | os.PathLike) -> Circuit:
         g = nx.read_graphml(path, force_multigraph=True, edge_key_type=str)
     except OSError as e:
         raise OSError(f"cannot read {name!r}: {e.strerror or e}") from None
-    except Exception as e:  # a parse error of any XML backend
+    except (ElementTree.ParseError, nx.NetworkXError, KeyError, ValueError, TypeError) as e:  # not GraphML
         raise ValueError(f"{name!r} is not a GraphML file: {e}") from None
     try:
         return from_networkx(g)
