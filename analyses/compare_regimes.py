@@ -305,26 +305,20 @@ def write(r: Result, folder: str) -> list[str]:
     """compare_regimes.json (with provenance), the figures (PDF + PNG), and every circuit in every export
     format under circuits/."""
     from circuits.figures import save_figure
-    from circuits.graph.export import FORMATS, export
+    from circuits.graph.export import export_all
     from circuits.results import provenance, write_result
 
     paths = []
     for stem, fig in r.figures.items():
         paths += save_figure(fig, os.path.join(folder, stem))
-    os.makedirs(os.path.join(folder, "circuits"), exist_ok=True)
     named: dict[str, Any] = {}
     if r.regimes is not None:
         named |= {spec.removeprefix("zoo:").replace("@", "_"): c for spec, c in r.regimes["circuits"].items()}
     if r.evolution is not None:
         for task, d in r.evolution["tasks"].items():
             named |= {f"{r.evolution['model']}_{s}_{task}": c for s, c in d["circuits"].items()}
-    ext = {"json": "json", "mib": "mib.json", "graphml": "graphml", "dot": "dot", "tikz": "tex", "pdf": "pdf",
-           "svg": "svg", "png": "png"}
     for stem, c in named.items():
-        for fmt in FORMATS:
-            path = os.path.join(folder, "circuits", f"{stem}.{ext[fmt]}")
-            export(c, path, fmt)
-            paths.append(path)
+        paths += export_all(c, os.path.join(folder, "circuits"), stem)
     data = {**r.data(), "files": [os.path.relpath(p, folder) for p in paths]}
     models = sorted({c.model for c in named.values() if c.model})
     prov = provenance(model={"models": models}, task="compare_regimes", seed=r.seed, n=r.n)

@@ -330,21 +330,15 @@ def write(r: Result, folder: str) -> list[str]:
     format under circuits/."""
     from circuits.engines import fastpaths
     from circuits.figures import save_figure
-    from circuits.graph.export import FORMATS, export
+    from circuits.graph.export import export_all
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
     paths = []
     for stem, fig in r.figures.items():
         paths += save_figure(fig, os.path.join(folder, stem))
-    ext = {"json": "json", "mib": "mib.json", "graphml": "graphml", "dot": "dot", "tikz": "tex", "pdf": "pdf",
-           "svg": "svg", "png": "png"}
-    os.makedirs(os.path.join(folder, "circuits"), exist_ok=True)
     for task, circuit in r.circuits.items():
-        for fmt in FORMATS:
-            path = os.path.join(folder, "circuits", f"{task}.{ext[fmt]}")
-            export(circuit, path, fmt)
-            paths.append(path)
+        paths += export_all(circuit, os.path.join(folder, "circuits"), task)
     data = {**r.data(), "files": [os.path.relpath(p, folder) for p in paths]}
     prov = provenance(model=model_info(r.model), task="compare_tasks", seed=r.seed, n=r.n,
                       fast_paths=fastpaths.report(r.model))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -365,3 +366,18 @@ def test_cli_bad_format_or_bad_names_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a0.h0->a5.h0<q>" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "c.json"]
+
+
+def test_export_all_writes_each_format_as_export_does(tmp_path):
+    from circuits.graph.export import EXTENSIONS, export_all
+
+    c = classes_circuit()
+    paths = export_all(c, tmp_path / "out", "ioi")
+    assert [os.path.basename(p) for p in paths] == [f"ioi.{EXTENSIONS[f]}" for f in FORMATS]
+    for fmt, path in zip(FORMATS, paths):
+        one = export(c, tmp_path / f"single.{EXTENSIONS[fmt]}", fmt)
+        with open(one, "rb") as a, open(path, "rb") as b:
+            assert a.read() == b.read(), fmt
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_all(c, tmp_path / "bad", "x", formats=("json", "jpeg"))
+    assert not (tmp_path / "bad").exists()

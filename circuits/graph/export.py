@@ -25,6 +25,9 @@ from circuits.graph.serialize import graphml_bytes, n_layers_of, to_networkx
 from circuits.io import atomic_write_bytes, dumps
 
 FORMATS = ("json", "mib", "graphml", "dot", "tikz", "pdf", "svg", "png")
+#: the file ending of each format
+EXTENSIONS = {"json": "json", "mib": "mib.json", "graphml": "graphml", "dot": "dot", "tikz": "tex", "pdf": "pdf",
+              "svg": "svg", "png": "png"}
 #: matplotlib's tab10, the classes' colours in every drawing (circuit_figure uses the same)
 PALETTE = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F",
            "#BCBD22", "#17BECF")
@@ -354,3 +357,12 @@ def export(circuit: Circuit, path: str | os.PathLike, format: str, *, title: str
                         d_model=d_model)
     _write(target, data)
     return target
+
+
+def export_all(circuit: Circuit, folder: str | os.PathLike, stem: str, formats: Sequence[str] = FORMATS) -> list[str]:
+    """Write ``circuit`` as ``folder/stem.<ending>`` in each of ``formats`` (default: every format; endings
+    from :data:`EXTENSIONS`); returns the paths. The folder is created if missing."""
+    for fmt in formats:
+        check_format(fmt)
+    os.makedirs(folder, exist_ok=True)
+    return [export(circuit, os.path.join(folder, f"{stem}.{EXTENSIONS[fmt]}"), fmt) for fmt in formats]
