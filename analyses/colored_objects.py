@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 POSITIONS = ["ANSWER_OBJ", "ANSWER", "DISTRACTOR", "QO", "QO2", "END"]
 READ_AT_END = ["ANSWER", "DISTRACTOR", "QO", "QO2"]  # where a direct head's END query may look
@@ -386,13 +386,10 @@ def summary(r: Result) -> str:
 def write(r: Result, folder: str) -> list[str]:
     """colored_objects.json (with provenance) and the figures (PDF + PNG) into ``folder``."""
     from circuits.engines import fastpaths
-    from circuits.figures import save_figure
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     data = {**r.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
     prov = provenance(model=model_info(r.model), task="colored_objects", seed=r.seed, n=r.n,
                       fast_paths=fastpaths.report(r.model))

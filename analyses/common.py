@@ -12,6 +12,18 @@ def safe_name(spec: str) -> str:
     return spec.replace(":", "_").replace("/", "_").replace("@", "_")
 
 
+def save_figures(figures: dict, folder: str) -> list[str]:
+    """Save each Figure of ``{stem: Figure}`` as ``folder/stem.pdf`` and ``.png``; the paths written."""
+    import os
+
+    from circuits.figures import save_figure
+
+    paths: list[str] = []
+    for stem, fig in figures.items():
+        paths += save_figure(fig, os.path.join(folder, stem))
+    return paths
+
+
 def run_analysis(analyse: Callable[[str], str], folder: str, *, n: int, seed: int) -> int:
     """Run ``analyse(staging_folder) -> summary`` and publish ``folder`` as a unit; exit code.
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis
+from analyses.common import run_analysis, save_figures
 
 FLOOR = 0.8
 STABLE = 0.8  # head Jaccard with the final circuit from which a circuit counts as stable
@@ -304,13 +304,10 @@ def summary(r: Result) -> str:
 def write(r: Result, folder: str) -> list[str]:
     """compare_regimes.json (with provenance), the figures (PDF + PNG), and every circuit in every export
     format under circuits/."""
-    from circuits.figures import save_figure
     from circuits.graph.export import export_all
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     named: dict[str, Any] = {}
     if r.regimes is not None:
         named |= {spec.removeprefix("zoo:").replace("@", "_"): c for spec, c in r.regimes["circuits"].items()}

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 FLOOR = 0.8  # clean and counterfactual accuracy below this: the task is not compared
 FRACTION = 0.25  # a task's circuit: its top 25% of heads by |score|
@@ -329,14 +329,11 @@ def write(r: Result, folder: str) -> list[str]:
     """compare_tasks.json (with provenance), the figures (PDF + PNG), and each circuit in every export
     format under circuits/."""
     from circuits.engines import fastpaths
-    from circuits.figures import save_figure
     from circuits.graph.export import export_all
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     for task, circuit in r.circuits.items():
         paths += export_all(circuit, os.path.join(folder, "circuits"), task)
     data = {**r.data(), "files": [os.path.relpath(p, folder) for p in paths]}

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 METHODS = (("EAP", "eap"), ("EAP-IG-inputs", "eap-ig-inputs"), ("EAP-IG-activations", "eap-ig-activations"))
 VERIFY = 5  # each method's top heads checked against exact activation patching (sign and size)
@@ -260,14 +260,11 @@ def summary(r: DiscoverResult) -> str:
 def write(r: DiscoverResult, folder: str) -> list[str]:
     """discover.json (with provenance), eap_ig_circuit.json and the figures into ``folder``."""
     from circuits.engines import fastpaths
-    from circuits.figures import save_figure
     from circuits.io import atomic_write_json
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     circuit_path = os.path.join(folder, "eap_ig_circuit.json")
     atomic_write_json(circuit_path, {**r.circuit.to_dict(), "stability": r.stability["eap_ig"].to_dict()})
     data = {**r.data(), "figures": [os.path.relpath(p, folder) for p in paths]}

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 from circuits.engines.detectors import attention_between
 from circuits.engines.path_patching import pick_senders as pick
 
@@ -315,13 +315,10 @@ def summary(result: IOIResult) -> str:
 def write(result: IOIResult, folder: str) -> list[str]:
     """ioi.json (with provenance) and the figures (PDF + PNG) into ``folder``; returns the paths."""
     from circuits.engines import fastpaths
-    from circuits.figures import save_figure
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in result.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(result.figures, folder)
     data = {**result.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
     prov = provenance(model=model_info(result.model), task="ioi", seed=result.seed, n=result.n,
                       fast_paths=fastpaths.report(result.model))

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 FLOOR = 0.8  # a form the model answers less often than this is not analysed
 TAU = 0.9  # AF1's faithfulness threshold (accuracy relative to the full model)
@@ -207,13 +207,10 @@ def summary(r: Result) -> str:
 def write(r: Result, folder: str) -> list[str]:
     """mental_math.json (with provenance) and the figures (PDF + PNG) into ``folder``."""
     from circuits.engines import fastpaths
-    from circuits.figures import save_figure
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     data = {**r.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
     prov = provenance(model=model_info(r.model), task=r.sets["task"], seed=r.seed, n=r.n,
                       fast_paths=fastpaths.report(r.model))

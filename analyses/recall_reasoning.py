@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 TASKS = ("recall", "reasoning")
 KINDS = ("mean", "zero")
@@ -581,13 +581,10 @@ def summary(r: RRResult) -> str:
 def write(r: RRResult, folder: str) -> list[str]:
     """recall_reasoning.json (with provenance) and the figures (PDF + PNG) into ``folder``; the paths."""
     from circuits.engines import fastpaths
-    from circuits.figures import save_figure
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     data = {**r.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
     prov = provenance(model=model_info(r.model), task="recall+reasoning", seed=r.seed, n=r.n,
                       fast_paths=fastpaths.report(r.model))

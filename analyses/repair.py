@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 # the IOI classes whose heads read the wrong name (S) at END: the study's S-inhibition heads and negative
 # mover, and the S-suppression heads that attend to S and write against it (toyworld's IOI circuit)
@@ -237,13 +237,10 @@ def summary(r: Result) -> str:
 
 def write(r: Result, folder: str) -> list[str]:
     """repair.json (with provenance) and the figure (PDF + PNG) into ``folder``."""
-    from circuits.figures import save_figure
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     data = {**r.data(), "figures": [os.path.relpath(p, folder) for p in paths]}
     prov = provenance(model=model_info(r.model), task="repair", seed=r.seed, n=r.n)
     return [write_result(os.path.join(folder, "repair.json"), "repair", data, prov), *paths]

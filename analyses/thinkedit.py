@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import run_analysis, safe_name
+from analyses.common import run_analysis, safe_name, save_figures
 
 SHORT_MAX = 2  # thinking tokens of a short trace: "<think> </think>", no step
 LONG_MIN = 13  # a trace that writes at least two steps (the full three-operand trace)
@@ -327,13 +327,10 @@ def write(r: Result, folder: str) -> list[str]:
     """thinkedit.json (with provenance), the figures, and the edited checkpoint (edited/)."""
     from circuits.editing.edit import edited, save_edited
     from circuits.editing.thinkedit import top_heads
-    from circuits.figures import save_figure
     from circuits.models import model_info
     from circuits.results import provenance, write_result
 
-    paths = []
-    for stem, fig in r.figures.items():
-        paths += save_figure(fig, os.path.join(folder, stem))
+    paths = save_figures(r.figures, folder)
     direction = r.directions[f"decision/{SITE}"]["direction"]
     with edited(r.model, top_heads(r.scores, r.choice["k"]), _units(direction)) as e:
         paths.append(save_edited(r.model, os.path.join(folder, "edited"), e, r.spec))
