@@ -14,7 +14,7 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit repair bench zoo zoo-check clean help
+.PHONY: all notebooks setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit repair bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
@@ -27,6 +27,8 @@ help:
 	@echo "make compare-regimes  circuits across training: reasoner regimes (emergent heads, E, cohorts), toyworld checkpoints"
 	@echo "make thinkedit   ThinkEdit on zoo:reasoner-sft: length direction, steering, head edit vs controls"
 	@echo "make repair      head repair: IOI's inhibition-type heads made to attend to the wrong colours (Colored Objects)"
+	@echo "make all         every analysis on the zoo defaults, results/index.md and the README gallery (docs/gallery)"
+	@echo "make notebooks   write each notebooks/*.ipynb from its py:percent pair (no outputs)"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml's ranges"
@@ -111,6 +113,13 @@ thinkedit: setup
 
 repair: setup
 	$(BIN)/python -m analyses.repair --model $(MODEL) --seed $(SEED)
+
+all: setup
+	$(BIN)/python -m analyses.all --seed $(SEED) --gallery docs/gallery
+
+# the .py (py:percent) files are the sources reviewers read; the .ipynb pairs are written from them
+notebooks: setup
+	$(BIN)/jupytext --quiet --to ipynb notebooks/[0-9][0-9]_*.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from analyses.common import run_analysis, safe_name, save_figures
+from circuits.cli import ModelFailsTask
 
 POSITIONS = ["ANSWER_OBJ", "ANSWER", "DISTRACTOR", "QO", "QO2", "END"]
 READ_AT_END = ["ANSWER", "DISTRACTOR", "QO", "QO2"]  # where a direct head's END query may look
@@ -70,7 +71,7 @@ def prompts(model: Any, spec: str, n: int, seed: int, floor: float = FLOOR) -> t
     ps = build_task("colored_objects", model.tokenizer, n=n, seed=seed, split=split, **options).to(model.cfg.device)
     acc = float(metrics.accuracy(end_logits(model, ps.clean, ps.positions["END"]), ps))
     if acc < floor:
-        raise ValueError(f"{spec} answers only {acc:.0%} of the colored-objects prompts (floor {floor:.0%}): it does "
+        raise ModelFailsTask(f"{spec} answers only {acc:.0%} of the colored-objects prompts (floor {floor:.0%}): it does "
                          "not do the task, so there is no circuit to find")
     return ps, {**options, "split": split, "clean_accuracy": acc}
 

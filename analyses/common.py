@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+SUMMARY = "summary.txt"  # each analysis's printed summary, kept in its result folder
+
 
 def safe_name(spec: str) -> str:
     """A model spec as a folder name: zoo:toyworld@200 -> zoo_toyworld_200."""
@@ -29,7 +31,8 @@ def run_analysis(analyse: Callable[[str], str], folder: str, *, n: int, seed: in
 
     ``n`` and ``seed`` are checked and the output place is created before anything is
     loaded or computed; a run that fails leaves the previous results whole; every error
-    is one line on stderr (``circuits.cli.one_line_errors``).
+    is one line on stderr (``circuits.cli.one_line_errors``). The summary is printed and
+    kept as ``folder/summary.txt`` (what ``make all``'s index links).
     """
     from circuits.cli import one_line_errors
     from circuits.io import run_folder
@@ -38,8 +41,11 @@ def run_analysis(analyse: Callable[[str], str], folder: str, *, n: int, seed: in
     def go() -> int:
         check_n(n)
         check_seed(seed)
+        from circuits.io import atomic_write_text
+
         with run_folder(folder) as stage:
             text = analyse(str(stage))
+            atomic_write_text(stage / SUMMARY, text + "\n")
         print(text)
         print(f"wrote {folder}")
         sys.stdout.flush()

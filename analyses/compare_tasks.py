@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from analyses.common import run_analysis, safe_name, save_figures
+from circuits.cli import ModelFailsTask
 
 FLOOR = 0.8  # clean and counterfactual accuracy below this: the task is not compared
 FRACTION = 0.25  # a task's circuit: its top 25% of heads by |score|
@@ -275,7 +276,7 @@ def run(spec: str = "zoo:toyworld", tasks: list[str] | None = None, pair: tuple[
     model = load_model(spec, device=device)
     pss, audit = prompts(model, spec, tasks, n, seed, floor)
     if not pss:
-        raise ValueError(f"{spec} does none of the tasks {tasks} above the floor {floor:.0%}: nothing to compare")
+        raise ModelFailsTask(f"{spec} does none of the tasks {tasks} above the floor {floor:.0%}: nothing to compare")
     scores = {t: head_scores(model, ps, progress) for t, ps in pss.items()}
     circuits = task_circuits(model, spec, scores, fraction)
     both = all(t in circuits for t in pair)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from analyses.common import run_analysis, safe_name, save_figures
+from circuits.cli import ModelFailsTask
 
 FLOOR = 0.8  # a form the model answers less often than this is not analysed
 TAU = 0.9  # AF1's faithfulness threshold (accuracy relative to the full model)
@@ -80,7 +81,7 @@ def prompts(model: Any, spec: str, n: int, seed: int, floor: float = FLOOR) -> d
         ref = build_task(task, model.tokenizer, n=4 * n, seed=seed + 1000 + i, split=split, **opts)
         out["forms"][label] = {"prompts": ps, "reference": ref.to(model.cfg.device), "accuracy": acc}
     if not out["forms"]:
-        raise ValueError(f"{spec} solves none of its {task} forms (accuracies {out['skipped']}, floor {floor:.0%}): "
+        raise ModelFailsTask(f"{spec} solves none of its {task} forms (accuracies {out['skipped']}, floor {floor:.0%}): "
                          "there is no computation to locate")
     return out
 

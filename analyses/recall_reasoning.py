@@ -58,6 +58,7 @@ from typing import Any
 import torch
 
 from analyses.common import run_analysis, safe_name, save_figures
+from circuits.cli import ModelFailsTask
 
 TASKS = ("recall", "reasoning")
 KINDS = ("mean", "zero")
@@ -68,10 +69,6 @@ PROTOCOL = ("the toolkit's default recall-vs-reasoning protocol (the paper's det
             "single-head and per-layer ablation effects on the relative logit difference, a specialisation "
             "index, circuits chosen on a selection half and evaluated on a held-out half against "
             "size-matched random controls, and an MLP-neuron check at END")
-
-
-class ModelFailsTask(ValueError):
-    """The model does not solve a task well enough to analyse how it solves it."""
 
 
 @dataclass

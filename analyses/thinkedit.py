@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from analyses.common import run_analysis, safe_name, save_figures
+from circuits.cli import ModelFailsTask
 
 SHORT_MAX = 2  # thinking tokens of a short trace: "<think> </think>", no step
 LONG_MIN = 13  # a trace that writes at least two steps (the full three-operand trace)
@@ -77,6 +78,14 @@ def directions(model: Any, draws: list[Any]) -> dict[str, Any]:
     from circuits.editing.thinkedit import length_direction
 
     pad = model.tokenizer.pad_token_id
+    for i, r in enumerate(draws):
+        short, long_ = r.groups(SHORT_MAX, LONG_MIN)
+        if not short or not long_:
+            closed = sum(t > 0 for t in r.think_len)
+            raise ModelFailsTask(f"draw {i} of {len(r.think_len)} sampled responses has {len(short)} short "
+                                 f"(<= {SHORT_MAX} thinking tokens) and {len(long_)} long (>= {LONG_MIN}) traces "
+                                 f"({closed} closed): the model does not think both ways, so there is no length "
+                                 "direction to find")
     out = {}
     for name, (where, site) in READINGS.items():
         ds = [length_direction(model, r, SHORT_MAX, LONG_MIN, where=where, site=site, pad=pad) for r in draws]

@@ -145,11 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # errors a user's input causes; their message is the whole story
 USER_ERRORS = (KeyError, ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
+REFUSED = 4  # the exit code of an analysis that found the model does not do its task (a finding, not a crash)
+
+
+class ModelFailsTask(ValueError):
+    """The model does not solve a task well enough to analyse how it solves it (exit code ``REFUSED``)."""
 
 
 def one_line_errors(fn: Callable[[], int]) -> int:
     """Run ``fn``; an error prints one line on stderr and gives a non-zero exit code (2: bad input or a
-    failed run, 3: an internal error, 130: interrupted). CIRCUITS_DEBUG=1 re-raises (tracebacks)."""
+    failed run, 3: an internal error, 4: the model does not do the task (:class:`ModelFailsTask`), 130:
+    interrupted). CIRCUITS_DEBUG=1 re-raises (tracebacks)."""
     import os
 
     debug = bool(os.environ.get("CIRCUITS_DEBUG"))
@@ -160,6 +166,11 @@ def one_line_errors(fn: Callable[[], int]) -> int:
             raise
         print("circuits: interrupted", file=sys.stderr)
         return 130
+    except ModelFailsTask as e:
+        if debug:
+            raise
+        print(f"circuits: refused: {' '.join(str(e).split())}", file=sys.stderr)
+        return REFUSED
     except USER_ERRORS as e:
         if debug:
             raise

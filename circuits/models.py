@@ -185,7 +185,10 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
 
     Args:
         spec: ``zoo:<name>[@step]``, a local HF checkpoint directory, or a hub id[@revision].
-        device: "cpu", "cuda", ... (default: cuda if available, else cpu).
+        device: "cpu", "cuda", ... (default: cuda if available, else cpu), or "auto": a model too large
+            for one GPU is split across every visible GPU (and the CPU if they do not suffice) by
+            accelerate's ``device_map="auto"``; ``boot_kwargs`` may instead give ``device_map``,
+            ``n_devices`` or ``max_memory`` themselves (transformer-lens passes them to HF).
         dtype: torch dtype or name ("float32", "bfloat16", ...); default float32.
         boot_kwargs: passed on to ``TransformerBridge.boot_transformers``.
     """
@@ -206,7 +209,14 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
     from transformer_lens.model_bridge import TransformerBridge
 
     torch_dtype = _resolve_dtype(dtype)
-    dev = resolve_device(device)
+    if device == "auto":
+        boot_kwargs.setdefault("device_map", "auto")
+    split = any(boot_kwargs.get(k) is not None for k in ("device_map", "n_devices", "max_memory"))
+    if split and device not in (None, "auto"):
+        given = [k for k in ("device_map", "n_devices", "max_memory") if boot_kwargs.get(k) is not None]
+        raise ModelLoadError(f"device={device!r} and a device_map split ({', '.join(given)}) exclude each other: "
+                             "give one")
+    dev = None if split else resolve_device(device)
     if revision is not None:
         boot_kwargs.setdefault("revision", revision)
     if kind in ("zoo", "local") and "tokenizer" not in boot_kwargs:
@@ -219,6 +229,8 @@ def load_model(spec: str, device: str | None = None, dtype: Any = None, **boot_k
         raise ModelLoadError(f"could not load {spec!r} from {location!r}: {type(e).__name__}: {e}") from e
     model.eval()
     model.circuits_spec = str(spec)  # type: ignore[attr-defined]
+    model.circuits_device_map = (getattr(model.original_model, "hf_device_map", None)  # type: ignore[attr-defined]
+                                 or boot_kwargs.get("device_map") if split else None)
     compat.ensure_kv_cache(model)  # cached forwards (sampling, prefix skipping) must see the prefix
     return model
 
@@ -245,5 +257,6 @@ def model_info(model: Any) -> dict[str, Any]:
         "d_vocab": int(cfg.d_vocab),
         "dtype": str(first.dtype).replace("torch.", ""),
         "device": str(first.device),
+        "device_map": getattr(model, "circuits_device_map", None),  # a split across devices (device="auto")
         "kv_cache": compat.kv_cache_status(model),
     }

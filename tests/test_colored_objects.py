@@ -16,7 +16,7 @@ def strict_json(path):
 def test_a_model_that_fails_the_task_is_refused_before_analysis(model_dirs, tmp_path, capsys):
     """A tiny random model answers at chance: the analysis says so instead of analysing noise."""
     rc = co.main(["--model", model_dirs[("gpt2", "word")], "--n", "16", "--device", "cpu", "--out", str(tmp_path)])
-    assert rc == 2
+    assert rc == 4  # circuits.cli.REFUSED: the model does not do the task
     assert "does not do the task" in capsys.readouterr().err
     assert not (tmp_path / "colored_objects").exists() or not any((tmp_path / "colored_objects").iterdir())
 

@@ -63,10 +63,12 @@ def test_the_analysis_end_to_end_on_a_tiny_model(model_dirs, tmp_path, capsys):
 
 
 def test_a_model_that_fails_a_task_is_refused(model_dirs, loaded_models, tmp_path, capsys):
+    from circuits.cli import REFUSED
+
     rc = rr.main(["--model", model_dirs[("gpt2", "word")], "--n", "16", "--device", "cpu", "--out", str(tmp_path)])
-    assert rc == 2
+    assert rc == REFUSED == 4  # a finding about the model, told apart from bad input (2) and crashes (3)
     err = capsys.readouterr().err
-    assert "fails recall (clean accuracy" in err and "below the accuracy floor 0.8" in err
+    assert "circuits: refused:" in err and "fails recall (clean accuracy" in err and "below the accuracy floor 0.8" in err
     assert not (tmp_path / "recall_reasoning").exists() or not any((tmp_path / "recall_reasoning").iterdir())
     model = loaded_models("gpt2")
     with pytest.raises(rr.ModelFailsTask, match="nothing is analysed on noise"):

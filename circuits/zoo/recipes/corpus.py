@@ -60,6 +60,33 @@ def task_sequences(task: str, tokenizer, n: int, seed: int, split: str, options:
     return Sequences(toks, pos, [task] * len(toks))
 
 
+def counterfactual_pair_sequences(task: str, tokenizer, n: int, seed: int, split: str, options: dict,
+                                  separator: str = ".") -> Sequences:
+    """``n`` rows that ask both questions of a counterfactual pair: the clean prompt and its answer,
+    ``separator``, then the corrupted prompt's question (its tokens after its last ``separator``)
+    and the corrupted prompt's own answer; the loss on both answers.
+
+    For tasks whose corrupted prompt shares the clean context and asks another question (reasoning:
+    the same chains, the other item). Twice the answer signal per row, and the two questions of a
+    row have different answers, so no position or order can stand in for reading the question.
+    """
+    ps = get_task(task).build(tokenizer, n=n, seed=seed, split=split, **options)
+    if ps.corrupted_answers is None:
+        raise ValueError(f"counterfactual_pair_sequences: task {task!r} has no answers for its corrupted prompts")
+    sep = tokenizer(separator, add_special_tokens=False)["input_ids"]
+    if len(sep) != 1:
+        raise ValueError(f"counterfactual_pair_sequences: separator {separator!r} is {len(sep)} tokens, not one")
+    toks, pos = [], []
+    for i in range(len(ps)):
+        n_i = int(ps.lengths[i])
+        corrupted = ps.corrupted[i, :n_i].tolist()
+        last = max(j for j, t in enumerate(corrupted) if t == sep[0])
+        row = ps.clean[i, :n_i].tolist() + [int(ps.answers[i])] + sep + corrupted[last + 1:]
+        toks.append(row + [int(ps.corrupted_answers[i])])
+        pos.append([n_i - 1, len(row) - 1])
+    return Sequences(toks, pos, [f"{task}_pairs"] * len(toks))
+
+
 def filler_sequences(tokenizer, n: int, seed: int) -> Sequences:
     """``n`` filler sentences with a full LM loss."""
     from circuits.tasks import vocab

@@ -40,7 +40,8 @@ MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
     "repeats": (0.18, {}),
     "filler": (0.02, {}),
 }
-NOT_TASKS = ("filler", "repeats")  # corpus parts that are not tasks of the suite
+PAIRS = "_pairs"  # "<task>_pairs": rows asking both questions of a counterfactual pair (corpus.counterfactual_pair_sequences)
+NOT_TASKS = ("filler", "repeats", "reasoning_pairs")  # corpus parts that are not tasks of the suite
 # The accuracy targets are measured on the task's standard three-object scenes; zoo-check
 # also reports every scene size it was trained on (check.measure, "probes").
 EVAL_OVERRIDES: dict[str, dict[str, Any]] = {"colored_objects": {"n_objects": 3}}
@@ -106,6 +107,8 @@ def make_corpus(tokenizer, n_total: int, seed: int,
             parts.append(corpus.filler_sequences(tokenizer, n, seed + i))
         elif task == "repeats":
             parts.append(corpus.repeat_sequences(tokenizer, n, seed + i, **opts))
+        elif task.endswith(PAIRS):
+            parts.append(corpus.counterfactual_pair_sequences(task[:-len(PAIRS)], tokenizer, n, seed + i, "train", opts))
         else:
             parts.append(corpus.task_sequences(task, tokenizer, n, seed + i, "train", opts))
     return corpus.merge(parts, seed)

@@ -1,0 +1,180 @@
+"""Every analysis on the zoo defaults, then one index page: ``python -m analyses.all`` (``make all``).
+
+Each analysis runs as its own process (``python -m analyses.<name>``, the command its make target
+runs), so one that fails or runs out of memory leaves the others running; a progress line per
+analysis says how long it took and whether it worked (an analysis that finds the model does not do its
+task exits with ``circuits.cli.REFUSED``: listed as refused, with its reason, not as a failure). Then ``results/index.md`` links each
+analysis's summary and figures and quotes the summary, and ``--gallery`` copies one figure per
+analysis (the README's gallery, ``docs/gallery``). The exit code is 1 if any analysis failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analyses.common import SUMMARY
+from circuits.cli import REFUSED
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis as ``make all`` runs it: its module, arguments, result folders (relative to the
+    results root) and the figure the gallery shows (the first of ``gallery`` that exists)."""
+
+    name: str
+    module: str
+    args: tuple[str, ...]
+    folders: tuple[str, ...]
+    gallery: tuple[str, ...] = field(default_factory=tuple)
+    notebook: str = ""
+
+
+ANALYSES: tuple[Analysis, ...] = (
+    Analysis("ioi", "analyses.ioi", (), ("ioi/zoo_toyworld",), ("circuit.png",), "01_ioi"),
+    Analysis("colored-objects", "analyses.colored_objects", (), ("colored_objects/zoo_toyworld",), ("circuit.png",),
+             "02_colored_objects"),
+    Analysis("mental-math", "analyses.mental_math", ("--model", "zoo:toyworld", "--model", "zoo:reasoner-base"),
+             ("mental_math/zoo_toyworld", "mental_math/zoo_reasoner-base"), ("knockout.png",), "03_mental_math"),
+    Analysis("recall-reasoning", "analyses.recall_reasoning", (), ("recall_reasoning/zoo_toyworld",),
+             ("dissociation.png",), "04_recall_reasoning"),
+    Analysis("discover", "analyses.discover", (), ("discover/ioi/zoo_toyworld",), ("curves.png",), "05_discovery"),
+    Analysis("compare-tasks", "analyses.compare_tasks", (), ("compare_tasks/zoo_toyworld",),
+             ("heads_pair.png", "heads_all_tasks.png"), "06_compare_tasks"),
+    Analysis("compare-regimes", "analyses.compare_regimes", ("--n", "32"), ("compare_regimes/zoo",),
+             ("regimes_effect.png",), "07_compare_regimes"),
+    Analysis("thinkedit", "analyses.thinkedit", ("--model", "zoo:reasoner-sft"), ("thinkedit/zoo_reasoner-sft",),
+             ("before_after.png",), "08_thinkedit"),
+    Analysis("repair", "analyses.repair", (), ("repair/zoo_toyworld",), ("repair.png",), "09_head_repair"),
+)
+
+
+@dataclass
+class Outcome:
+    """How one analysis went: its exit code and wall time (s)."""
+
+    analysis: Analysis
+    returncode: int
+    seconds: float
+
+    @property
+    def status(self) -> str:
+        """ok, refused (the model does not do the task) or FAILED (exit code)."""
+        if self.returncode == 0:
+            return "ok"
+        return "refused (the model does not do the task)" if self.returncode == REFUSED else \
+            f"FAILED (exit {self.returncode})"
+
+    @property
+    def failed(self) -> bool:
+        """A crash or bad input (a refusal is a finding, not a failure)."""
+        return self.returncode not in (0, REFUSED)
+
+
+def run_one(a: Analysis, out: str, seed: int) -> Outcome:
+    """``python -m <module> <args> --seed S --out OUT``; its output streams through."""
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", a.module, *a.args, "--seed", str(seed), "--out", out], check=False)
+    return Outcome(a, proc.returncode, time.time() - t)
+
+
+def pick_figure(folder: Path, preferred: tuple[str, ...]) -> Path | None:
+    """The first of ``preferred`` in ``folder``, else its first PNG (None when it has none)."""
+    for name in preferred:
+        if (folder / name).is_file():
+            return folder / name
+    pngs = sorted(folder.glob("*.png"))
+    return pngs[0] if pngs else None
+
+
+def index(outcomes: list[Outcome], out: str, total: float) -> str:
+    """The index page (Markdown): a table of the analyses, then each one's summary and figures."""
+    root = Path(out)
+    lines = ["# circuits: every analysis on the zoo", "",
+             f"Made by `make all` (`python -m analyses.all`) in {total / 60:.1f} min. Each analysis's folder holds "
+             "its JSON (with provenance), its figures (PDF and PNG) and its summary.", "",
+             "| analysis | make target | notebook | status | time | summary |", "|---|---|---|---|---|---|"]
+    for o in outcomes:
+        a = o.analysis
+        links = ", ".join(f"[{f}]({f}/{SUMMARY})" for f in a.folders if (root / f / SUMMARY).is_file()) or "-"
+        lines.append(f"| {a.name} | `make {a.name}` | `notebooks/{a.notebook}.ipynb` | {o.status} | {o.seconds:.0f} s "
+                     f"| {links} |")
+    for o in outcomes:
+        lines += ["", f"## {o.analysis.name}"]
+        for f in o.analysis.folders:
+            folder = root / f
+            if not (folder / SUMMARY).is_file():
+                lines += ["", f"`{f}`: no results ({o.status}; the reason is in `make all`'s log)."]
+                continue
+            lines += ["", f"### `{f}`", "", "```", (folder / SUMMARY).read_text().rstrip(), "```", ""]
+            lines += [f"![{p.stem}]({f}/{p.name})" for p in sorted(folder.glob("*.png"))]
+    return "\n".join(lines) + "\n"
+
+
+def gallery(outcomes: list[Outcome], out: str, folder: str) -> list[str]:
+    """One figure per analysis that worked, copied to ``folder`` as ``<analysis>.png``; the paths."""
+    from circuits.io import atomic_write_bytes, checked_folder
+
+    written = []
+    for o in outcomes:
+        if o.returncode != 0:
+            continue
+        fig = pick_figure(Path(out) / o.analysis.folders[0], o.analysis.gallery)
+        if fig is not None:
+            target = os.path.join(folder, f"{o.analysis.name}.png")
+            checked_folder(target)
+            atomic_write_bytes(target, fig.read_bytes())
+            written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analyses.all [--only a,b] [--seed S] [--out DIR] [--gallery DIR]``."""
+    from circuits.io import atomic_write_text, checked_folder
+
+    names = [a.name for a in ANALYSES]
+    ap = argparse.ArgumentParser(prog="python -m analyses.all", description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(names)}")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--gallery", help="copy one figure per analysis here (the README's docs/gallery)")
+    args = ap.parse_args(argv)
+    chosen = names if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in names]
+    if unknown or not chosen:
+        print(f"error: unknown analyses {unknown}; known: {', '.join(names)}", file=sys.stderr)
+        return 2
+    checked_folder(os.path.join(args.out, "index.md"))  # an unwritable output place fails before any compute
+    if args.gallery:
+        checked_folder(os.path.join(args.gallery, "ioi.png"))
+    t0 = time.time()
+    outcomes = []
+    todo = [a for a in ANALYSES if a.name in chosen]
+    for i, a in enumerate(todo, 1):
+        print(f"[all] {i}/{len(todo)} {a.name}: python -m {a.module} {' '.join(a.args)}", flush=True)
+        o = run_one(a, args.out, args.seed)
+        outcomes.append(o)
+        print(f"[all] {i}/{len(todo)} {a.name}: {o.status} in {o.seconds:.0f} s "
+              f"(total {(time.time() - t0) / 60:.1f} min)", flush=True)
+    total = time.time() - t0
+    page = os.path.join(args.out, "index.md")
+    atomic_write_text(page, index(outcomes, args.out, total))
+    print(f"[all] wrote {page}")
+    if args.gallery:
+        for p in gallery(outcomes, args.out, args.gallery):
+            print(f"[all] gallery: {p}")
+    failed = [o.analysis.name for o in outcomes if o.failed]
+    refused = [o.analysis.name for o in outcomes if o.returncode == REFUSED]
+    print(f"[all] {len(outcomes) - len(failed) - len(refused)} of {len(outcomes)} analyses ok in {total / 60:.1f} min"
+          + (f"; refused (the model does not do the task): {', '.join(refused)}" if refused else "")
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
