@@ -27,7 +27,7 @@ help:
 	@echo "make compare-regimes  circuits across training: reasoner regimes (emergent heads, E, cohorts), toyworld checkpoints"
 	@echo "make thinkedit   ThinkEdit on zoo:reasoner-sft: length direction, steering, head edit vs controls"
 	@echo "make repair      head repair: IOI's inhibition-type heads made to attend to the wrong colours (Colored Objects)"
-	@echo "make all         every analysis on the zoo defaults, results/index.md and the README gallery (docs/gallery)"
+	@echo "make all         every analysis on the zoo defaults: results/index.md, the README's gallery and numbers (docs/)"
 	@echo "make notebooks   write each notebooks/*.ipynb from its py:percent pair (no outputs)"
 	@echo "make bench       time the engines against transformer-lens (results/bench/)"
 	@echo "make test        ruff, then the test suite (what CI runs)"
@@ -115,7 +115,7 @@ repair: setup
 	$(BIN)/python -m analyses.repair --model $(MODEL) --seed $(SEED)
 
 all: setup
-	$(BIN)/python -m analyses.all --seed $(SEED) --gallery docs/gallery
+	$(BIN)/python -m analyses.all --seed $(SEED) --gallery docs/gallery --docs docs/results
 
 # the .py (py:percent) files are the sources reviewers read; the .ipynb pairs are written from them
 notebooks: setup

@@ -5,7 +5,9 @@ runs), so one that fails or runs out of memory leaves the others running; a prog
 analysis says how long it took and whether it worked (an analysis that finds the model does not do its
 task exits with ``circuits.cli.REFUSED``: listed as refused, with its reason, not as a failure). Then ``results/index.md`` links each
 analysis's summary and figures and quotes the summary, and ``--gallery`` copies one figure per
-analysis (the README's gallery, ``docs/gallery``). The exit code is 1 if any analysis failed.
+analysis (the README's gallery, ``docs/gallery``) and ``--docs`` writes each summary, with the hashes of
+the zoo weights it describes, as ``docs/results/<name>.md`` (where the README's numbers come from). The
+exit code is 1 if any analysis failed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Analysis:
     folders: tuple[str, ...]
     gallery: tuple[str, ...] = field(default_factory=tuple)
     notebook: str = ""
+    models: tuple[str, ...] = ("zoo:toyworld",)  # the zoo models it reads (their weights' hashes go in the docs)
 
 
 ANALYSES: tuple[Analysis, ...] = (
@@ -40,16 +43,18 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("colored-objects", "analyses.colored_objects", (), ("colored_objects/zoo_toyworld",), ("circuit.png",),
              "02_colored_objects"),
     Analysis("mental-math", "analyses.mental_math", ("--model", "zoo:toyworld", "--model", "zoo:reasoner-base"),
-             ("mental_math/zoo_toyworld", "mental_math/zoo_reasoner-base"), ("knockout.png",), "03_mental_math"),
+             ("mental_math/zoo_toyworld", "mental_math/zoo_reasoner-base"), ("knockout.png",), "03_mental_math",
+             ("zoo:toyworld", "zoo:reasoner-base")),
     Analysis("recall-reasoning", "analyses.recall_reasoning", (), ("recall_reasoning/zoo_toyworld",),
              ("dissociation.png",), "04_recall_reasoning"),
     Analysis("discover", "analyses.discover", (), ("discover/ioi/zoo_toyworld",), ("curves.png",), "05_discovery"),
     Analysis("compare-tasks", "analyses.compare_tasks", (), ("compare_tasks/zoo_toyworld",),
              ("heads_pair.png", "heads_all_tasks.png"), "06_compare_tasks"),
     Analysis("compare-regimes", "analyses.compare_regimes", ("--n", "32"), ("compare_regimes/zoo",),
-             ("regimes_effect.png",), "07_compare_regimes"),
+             ("regimes_effect.png",), "07_compare_regimes",
+             ("zoo:toyworld", "zoo:reasoner-base", "zoo:reasoner-sft", "zoo:reasoner-distill", "zoo:reasoner-grpo")),
     Analysis("thinkedit", "analyses.thinkedit", ("--model", "zoo:reasoner-sft"), ("thinkedit/zoo_reasoner-sft",),
-             ("before_after.png",), "08_thinkedit"),
+             ("before_after.png",), "08_thinkedit", ("zoo:reasoner-sft",)),
     Analysis("repair", "analyses.repair", (), ("repair/zoo_toyworld",), ("repair.png",), "09_head_repair"),
 )
 
@@ -133,6 +138,45 @@ def gallery(outcomes: list[Outcome], out: str, folder: str) -> list[str]:
     return written
 
 
+def model_hashes(specs: tuple[str, ...]) -> dict[str, str]:
+    """{spec: the weights' hash} of the zoo models in ``specs`` (``circuits.zoo.weights_hash``)."""
+    from circuits.zoo import weights_hash
+
+    return {s: weights_hash(s.removeprefix("zoo:")) for s in specs if s.startswith("zoo:")}
+
+
+HASHES = "<!-- models: "  # how a committed summary records the weights it describes: <!-- models: spec=hash ... -->
+
+
+def docs_page(o: Outcome, out: str) -> str:
+    """The committed summary of one analysis (docs/results/<name>.md): the weights it describes, the command,
+    and each result folder's summary as the analysis printed it."""
+    a = o.analysis
+    hashes = " ".join(f"{k}={v}" for k, v in model_hashes(a.models).items())
+    lines = [f"# {a.name}", "", f"{HASHES}{hashes} -->",
+             f"Written by `make all` from `python -m {a.module} {' '.join(a.args)}` (seed and settings in each "
+             "summary). The README quotes its numbers from here; a test checks that they agree and that these "
+             "summaries describe the bundled weights."]
+    for f in a.folders:
+        lines += ["", f"## `results/{f}`", "", "```", (Path(out) / f / SUMMARY).read_text().rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(outcomes: list[Outcome], out: str, folder: str) -> list[str]:
+    """docs_page of every analysis that ran to the end (ok), into ``folder``; the paths written."""
+    from circuits.io import atomic_write_text, checked_folder
+
+    written = []
+    for o in outcomes:
+        if o.returncode != 0:
+            continue
+        target = os.path.join(folder, f"{o.analysis.name}.md")
+        checked_folder(target)
+        atomic_write_text(target, docs_page(o, out))
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m analyses.all [--only a,b] [--seed S] [--out DIR] [--gallery DIR]``."""
     from circuits.io import atomic_write_text, checked_folder
@@ -143,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results")
     ap.add_argument("--gallery", help="copy one figure per analysis here (the README's docs/gallery)")
+    ap.add_argument("--docs", help="write each analysis's summary here as <name>.md (the README's docs/results)")
     args = ap.parse_args(argv)
     chosen = names if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in names]
@@ -150,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown analyses {unknown}; known: {', '.join(names)}", file=sys.stderr)
         return 2
     checked_folder(os.path.join(args.out, "index.md"))  # an unwritable output place fails before any compute
-    if args.gallery:
-        checked_folder(os.path.join(args.gallery, "ioi.png"))
+    for place in (args.gallery, args.docs):
+        if place:
+            checked_folder(os.path.join(place, "ioi"))
     t0 = time.time()
     outcomes = []
     todo = [a for a in ANALYSES if a.name in chosen]
@@ -168,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.gallery:
         for p in gallery(outcomes, args.out, args.gallery):
             print(f"[all] gallery: {p}")
+    if args.docs:
+        for p in write_docs(outcomes, args.out, args.docs):
+            print(f"[all] summary for the README: {p}")
     failed = [o.analysis.name for o in outcomes if o.failed]
     refused = [o.analysis.name for o in outcomes if o.returncode == REFUSED]
     print(f"[all] {len(outcomes) - len(failed) - len(refused)} of {len(outcomes)} analyses ok in {total / 60:.1f} min"

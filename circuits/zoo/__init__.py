@@ -34,6 +34,14 @@ def zoo_path(name: str) -> Path:
     return path
 
 
+def weights_hash(name: str) -> str:
+    """The first 16 hex digits of the SHA-256 of zoo model ``name``'s weights (model.safetensors): what a
+    result records to say which bundled weights it describes."""
+    import hashlib
+
+    return hashlib.sha256((zoo_path(name) / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def recipe(name: str) -> dict[str, Any]:
     """The recipe.json of zoo model ``name`` ({} if it has none)."""
     path = zoo_path(name) / "recipe.json"

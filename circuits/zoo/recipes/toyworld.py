@@ -40,6 +40,13 @@ MIXTURE: dict[str, tuple[float, dict[str, Any]]] = {
     "repeats": (0.18, {}),
     "filler": (0.02, {}),
 }
+# Balanced reasoning (the question about X1 or X2, the corruption about the other) is not learned yet.
+# Measured (seed 0, the full two phases, held-out n = 200; session of 2026-12-01):
+#   this mixture (reasoning 13%):                                  reasoning 69%, colored objects 89%
+#   reasoning 8% + "reasoning_pairs" 14% (both questions of a pair
+#   in one row), colored objects 22%, the rest scaled down:         reasoning 52% (chance), colored objects 42.5%
+# Denser reasoning signal did not teach the two-hop lookup and cost colored objects its content matching;
+# the bundled weights are still the earlier build (reasoning by shortcut: strict xfails in the zoo tests).
 PAIRS = "_pairs"  # "<task>_pairs": rows asking both questions of a counterfactual pair (corpus.counterfactual_pair_sequences)
 NOT_TASKS = ("filler", "repeats", "reasoning_pairs")  # corpus parts that are not tasks of the suite
 # The accuracy targets are measured on the task's standard three-object scenes; zoo-check
