@@ -59,4 +59,4 @@ for form, results in found.items():
 
 # %%
 figs = mm.figures(found, curves, MODEL)
-figs
+display(*figs.values())  # noqa: F821 (IPython's display)
