@@ -6,7 +6,8 @@ Steps, each a function that returns data (a notebook can run them cell by cell):
 2. :func:`attribute` - edge scores with EAP, EAP-IG (inputs) and EAP-IG (activations);
 3. :func:`run_acdc` - ACDC (KL objective) on the edges EAP-IG pre-selects;
 4. :func:`curves` - MIB evaluation of each method: faithfulness at 0.1 .. 100% of the edges,
-   CPR and CMD (ablation by the corrupted input);
+   CPR and CMD (ablation by the corrupted input); :func:`reference` - the exact greedy pruning
+   curve they are read against (each method's CPR as a fraction of its CPR);
 5. :func:`pick_circuit` - the EAP-IG circuit: the smallest MIB fraction whose faithfulness
    reaches 0.8 (else the most faithful one); :func:`stability` - it and the ACDC circuit
    with their edge Jaccard over bootstrap resamples of the prompts;
@@ -30,6 +31,7 @@ import torch
 from analyses.common import run_analysis, safe_name, save_figures
 
 METHODS = (("EAP", "eap"), ("EAP-IG-inputs", "eap-ig-inputs"), ("EAP-IG-activations", "eap-ig-activations"))
+PER_POSITION = "EAP-IG-inputs per position"  # the same scores, circuits of (edge, token position) pairs
 VERIFY = 5  # each method's top heads checked against exact activation patching (sign and size)
 
 
@@ -54,7 +56,7 @@ def attribute(model: Any, ps: Any, steps: int, metric: str, timings: dict[str, f
     for name, method in METHODS:
         t = time.time()
         scores[name] = attribute_edges(model, ps, method=method, steps=1 if method == "eap" else steps, metric=metric,
-                                       verify=VERIFY)
+                                       verify=VERIFY, per_position=method == "eap-ig-inputs")
         timings[name] = round(time.time() - t, 2)
         print(f"[discover] {name}: {timings[name]} s", flush=True)
     return scores
@@ -92,7 +94,8 @@ def graph_edge(name: str) -> tuple[str, str]:
 
 
 def curves(model: Any, ps: Any, scores: dict[str, Any], metric: str, timings: dict[str, float]) -> dict[str, Any]:
-    """{method label: FaithfulnessCurve} (MIB, ablation by the corrupted input)."""
+    """{method label: FaithfulnessCurve} (MIB, ablation by the corrupted input), and EAP-IG (inputs) per
+    token position: circuits of (edge, position) pairs, the fractions of all such pairs."""
     from circuits.engines.mib import faithfulness_curve
 
     out = {}
@@ -100,7 +103,36 @@ def curves(model: Any, ps: Any, scores: dict[str, Any], metric: str, timings: di
         t = time.time()
         out[name] = faithfulness_curve(model, ps, sc, metric=metric)
         timings[f"curve {name}"] = round(time.time() - t, 2)
+        if sc.per_position is not None:
+            t = time.time()
+            out[PER_POSITION] = faithfulness_curve(model, ps, sc, metric=metric, per_position=True)
+            timings[f"curve {PER_POSITION}"] = round(time.time() - t, 2)
     return out
+
+
+def verify_positions(model: Any, ps: Any, ig: Any, metric: str) -> dict[str, Any]:
+    """The top (head, position) pairs of EAP-IG (inputs) per position against exact patching at the position."""
+    from circuits.engines.attribution import verify_position_nodes
+
+    return verify_position_nodes(model, ps, ig, VERIFY, metric)
+
+
+def reference(model: Any, ps: Any, metric: str, keep: float, timings: dict[str, float], progress: bool = True) -> Any:
+    """The exact reference (circuits.engines.mib.exact_reference_curve): greedy pruning with exact edge
+    patching, removing ``1 - keep`` of the kept edges per round."""
+    from circuits.engines.mib import exact_reference_curve
+
+    t = time.time()
+    ref = exact_reference_curve(model, ps, metric=metric, keep=keep, progress=progress)
+    timings["exact reference"] = round(time.time() - t, 2)
+    print(f"[discover] exact reference: {ref.settings['evaluations']} circuits, {timings['exact reference']} s",
+          flush=True)
+    return ref
+
+
+def of_reference(curve: Any, ref: Any) -> float | None:
+    """A curve's CPR as a fraction of the exact reference's (None, undefined, if the reference's is 0)."""
+    return None if ref.cpr == 0 else curve.cpr / ref.cpr
 
 
 def pick_circuit(ig: Any, curve: Any, **settings: Any) -> Any:
@@ -131,14 +163,15 @@ def stability(model: Any, ps: Any, ig: Any, circuit: Any, steps: int, metric: st
     return {"eap_ig": ig_stab, "acdc": acdc_stab}
 
 
-def figures(curve_set: dict[str, Any], ig: Any, circuit: Any, title: str) -> dict[str, Any]:
-    """{"curves": the MIB curves, "circuit": the EAP-IG circuit with its edge scores}."""
+def figures(curve_set: dict[str, Any], ig: Any, circuit: Any, title: str, ref: Any = None) -> dict[str, Any]:
+    """{"curves": the MIB curves (and the exact reference), "circuit": the EAP-IG circuit with its edge scores}."""
     from circuits.figures import circuit_figure, faithfulness_curves
 
     graph = ig.graph
     weighted = [(*graph_edge(e), score) for e, score in circuit.edges.items()]
     return {"curves": faithfulness_curves({k: c.to_dict() for k, c in curve_set.items()},
-                                          title=f"MIB faithfulness, {title}"),
+                                          title=f"MIB faithfulness, {title}",
+                                          reference=None if ref is None else ref.to_dict()),
             "circuit": circuit_figure({}, weighted, graph.n_layers, title=f"EAP-IG circuit ({len(circuit.edges)} "
                                       f"edges, f = {circuit.settings['faithfulness']:.2f})")}
 
@@ -160,6 +193,7 @@ class DiscoverResult:
     scores: dict[str, Any]
     acdc: Any
     curves: dict[str, Any]
+    reference: Any
     circuit: Any
     stability: dict[str, Any]
     agreement: Any
@@ -176,19 +210,24 @@ class DiscoverResult:
                          "acdc_candidates": max(10, graph.n_edges // 10), "ablation": "corrupted"},
             "prompts": self.ps.describe(),
             "mib": {k: c.to_dict() for k, c in self.curves.items()},
+            "exact_reference": self.reference.to_dict(),
+            "cpr_of_reference": {k: of_reference(c, self.reference) for k, c in self.curves.items()},
             "acdc": {**self.acdc.to_dict(), "stability": self.stability["acdc"].to_dict()},
             "eap_ig_circuit": {**self.circuit.to_dict(), "stability": self.stability["eap_ig"].to_dict()},
             "agreement": self.agreement.to_dict(),
             "top_edges": {k: s.ranked()[:20] for k, s in self.scores.items() if k != "ACDC"},
-            "checks": {k: {"verification": s.settings.get("verification"), "completeness": s.settings.get("completeness")}
+            "checks": {k: {"verification": s.settings.get("verification"), "completeness": s.settings.get("completeness"),
+                           "position_verification": s.settings.get("position_verification")}
                        for k, s in self.scores.items() if k != "ACDC"},
             "timings_s": self.timings, "seconds": round(self.seconds, 2),
         }
 
 
 def run(spec: str = "zoo:toyworld", task: str = "ioi", n: int = 32, seed: int = 0, device: str | None = None,
-        steps: int = 5, tau: float = 0.02, n_boot: int = 3, progress: bool = True) -> DiscoverResult:
-    """Every step on ``spec``; ``tau`` (ACDC threshold, nats of KL) and ``steps`` are checked first."""
+        steps: int = 5, tau: float = 0.02, n_boot: int = 3, progress: bool = True, keep: float = 0.8
+        ) -> DiscoverResult:
+    """Every step on ``spec``; ``tau`` (ACDC threshold, nats of KL), ``steps`` and ``keep`` (the exact
+    reference's pruning rate) are checked first."""
     from circuits.engines.agreement import agreement_report
     from circuits.engines.discovery import check_tau
     from circuits.models import load_model
@@ -196,6 +235,9 @@ def run(spec: str = "zoo:toyworld", task: str = "ioi", n: int = 32, seed: int = 
 
     get_task(task)
     check_tau(tau)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
+        raise ValueError(f"keep (the share of the edges each exact-reference round keeps) must be in (0, 1), "
+                         f"got {keep!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps (EAP-IG integration steps) must be a positive integer, got {steps!r}")
     t0 = time.time()
@@ -205,10 +247,14 @@ def run(spec: str = "zoo:toyworld", task: str = "ioi", n: int = 32, seed: int = 
     scores = attribute(model, ps, steps, metric, timings)
     ig = scores["EAP-IG-inputs"]
     t = time.time()
+    ig.settings["position_verification"] = verify_positions(model, ps, ig, metric)
+    timings["position verification"] = round(time.time() - t, 2)
+    t = time.time()
     ac, scores["ACDC"] = run_acdc(model, ps, ig, tau, progress)
     timings["ACDC"] = round(time.time() - t, 2)
     print(f"[discover] ACDC: {len(ac.edges)} edges, {timings['ACDC']} s", flush=True)
     curve_set = curves(model, ps, scores, metric, timings)
+    ref = reference(model, ps, metric, keep, timings, progress)
     circuit = pick_circuit(ig, curve_set["EAP-IG-inputs"], steps=steps, task=task, model=spec)
     t = time.time()
     stab = stability(model, ps, ig, circuit, steps, metric, tau, n_boot, seed)
@@ -216,8 +262,8 @@ def run(spec: str = "zoo:toyworld", task: str = "ioi", n: int = 32, seed: int = 
     t = time.time()
     agreement = agreement_report(model, ps, method="eap-ig-inputs", steps=steps, metric=metric, strict=False)
     timings["agreement"] = round(time.time() - t, 2)
-    figs = figures(curve_set, ig, circuit, f"{task} on {spec}")
-    return DiscoverResult(model, spec, task, n, seed, ps, metric, options, steps, tau, scores, ac, curve_set,
+    figs = figures(curve_set, ig, circuit, f"{task} on {spec}", ref)
+    return DiscoverResult(model, spec, task, n, seed, ps, metric, options, steps, tau, scores, ac, curve_set, ref,
                           circuit, stab, agreement, figs, timings, time.time() - t0)
 
 
@@ -229,9 +275,20 @@ def summary(r: DiscoverResult) -> str:
     """The printed summary: MIB curves, the circuits and their stability, the agreement report."""
     graph = r.scores["EAP-IG-inputs"].graph
     lines = [f"circuit discovery: {r.task} on {r.spec} ({len(r.ps)} prompts, {graph.n_edges} edges)",
-             f"{'method':20s} {'CPR':>6s} {'CMD':>6s}  faithfulness at 0.1 .. 100% of edges"]
+             f"{'method':20s} {'CPR':>6s} {'of ref':>6s} {'CMD':>6s}  faithfulness at 0.1 .. 100% of edges"]
+    ref = r.reference
     for name, c in r.curves.items():
-        lines.append(f"{name:20s} {c.cpr:6.3f} {c.cmd:6.3f}  " + " ".join(f"{f:5.2f}" for f in c.faithfulness))
+        frac = of_reference(c, ref)
+        lines.append(f"{name:20s} {c.cpr:6.3f} {'undef' if frac is None else f'{frac:.2f}':>6s} {c.cmd:6.3f}  "
+                     + " ".join(f"{f:5.2f}" for f in c.faithfulness))
+    lines.append(f"{'exact reference':20s} {ref.cpr:6.3f} {'1.00':>6s} {ref.cmd:6.3f}  "
+                 + " ".join(f"{f:5.2f}" for f in ref.faithfulness))
+    small = ref.settings["smallest"]
+    lines.append(f"exact reference: greedy pruning with exact edge patching, {100 * (1 - ref.settings['keep']):.0f}% "
+                 f"of the kept edges per round, {ref.settings['evaluations']} circuits evaluated; "
+                 + ("no circuit reached f = 0.8" if small is None else
+                    f"smallest circuit with f >= 0.8: {small['n_edges']} edges ({100 * small['fraction']:.1f}%), "
+                    f"f = {small['faithfulness']:.3f}"))
     ig_stab, ac_stab, c = r.stability["eap_ig"], r.stability["acdc"], r.circuit
     lines += ["", f"EAP-IG circuit: {len(c.edges)} edges at {100 * c.settings['fraction']:.1f}% "
                   f"(f = {c.settings['faithfulness']:.3f}); bootstrap edge Jaccard {ig_stab.mean:.2f} "
@@ -246,13 +303,21 @@ def summary(r: DiscoverResult) -> str:
             lines.append(f"{name}: top {len(v['checked'])} heads checked against exact patching, "
                          f"{len(v['flagged'])} flagged{': ' + flagged if flagged else ''}; completeness gap "
                          f"{_number(comp.get('gap'))}")
+        pv = sc.settings.get("position_verification")
+        if pv is not None:
+            flagged = ", ".join(f"{f['node']}@{f['position']} ({f['attribution']:+.2f} vs exact {f['exact']:+.2f})"
+                                for f in pv["flagged"])
+            lines.append(f"{PER_POSITION}: top {len(pv['checked'])} (head, position) pairs checked against exact "
+                         f"patching at the position, {len(pv['flagged'])} flagged{': ' + flagged if flagged else ''}")
     a = r.agreement
-    lines.append(f"agreement with exact patching: nodes pearson {_number(a.node.pearson)} spearman "
-                 f"{_number(a.node.spearman)}; edges pearson {_number(a.edge.pearson)} spearman "
+    lines.append(f"agreement with exact patching: nodes (first-order attribution patching) pearson "
+                 f"{_number(a.node.pearson)} spearman {_number(a.node.spearman)}; nodes (EAP-IG-inputs, sums of "
+                 f"their edges) pearson {_number(a.node_from_edges.pearson)} spearman "
+                 f"{_number(a.node_from_edges.spearman)}; edges pearson {_number(a.edge.pearson)} spearman "
                  f"{_number(a.edge.spearman)} ({len(a.edge.names)} edges)")
-    for level in (a.node, a.edge):
+    for kind, level in (("node (first order)", a.node), ("node (EAP-IG-inputs)", a.node_from_edges),
+                        ("edge", a.edge)):
         if level.sign_disagreements_top:
-            kind = "node" if level is a.node else "edge"
             lines.append(f"  WARNING: {kind} sign disagreements on top components: {level.sign_disagreements_top}")
     return "\n".join(lines)
 
@@ -283,12 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="EAP-IG integration steps")
     ap.add_argument("--tau", type=float, default=0.02, help="ACDC threshold (KL, nats)")
     ap.add_argument("--n-boot", type=int, default=3, help="bootstrap resamples for circuit stability")
+    ap.add_argument("--keep", type=float, default=0.8,
+                    help="exact reference: share of the kept edges each greedy pruning round keeps")
     ap.add_argument("--device")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
 
     def analyse(folder: str) -> str:
-        r = run(args.model, args.task, args.n, args.seed, args.device, args.steps, args.tau, args.n_boot)
+        r = run(args.model, args.task, args.n, args.seed, args.device, args.steps, args.tau, args.n_boot,
+                keep=args.keep)
         write(r, folder)
         return summary(r) + f"\n\ndiscover.json in {r.seconds:.1f} s"
 

@@ -333,16 +333,23 @@ def circuit_figure(nodes: Mapping[str, str], edges: Sequence[Edge], n_layers: in
     return fig
 
 
-def faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figure:
+def faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], *, title: str = "",
+                        reference: Mapping[str, Any] | None = None) -> Figure:
     """Faithfulness vs share of edges kept, one line per method.
 
     ``curves`` maps a method name to a mapping with ``"percentages"`` (fractions of the
     graph's edges kept, 0..1, drawn as % on a log axis), ``"faithfulness"`` (one value
     per percentage; 1.0 is the full model's behaviour, marked by a dashed line), and the
-    scalars ``"cpr"`` and ``"cmd"`` shown in the legend. Returns the Figure.
+    scalars ``"cpr"`` and ``"cmd"`` shown in the legend. ``reference`` (same keys): what the
+    curves are read against, such as the exact greedy pruning curve, drawn as a thick black
+    line. Returns the Figure.
     """
     fig = _Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
+    if reference is not None:
+        ax.plot([100 * p for p in reference["percentages"]], reference["faithfulness"], color="black", lw=2.5,
+                alpha=0.6, marker="s", label=f"exact greedy reference (CPR {reference['cpr']:.2f}, "
+                                             f"CMD {reference['cmd']:.2f})")
     for name, c in curves.items():
         ax.plot([100 * p for p in c["percentages"]], c["faithfulness"], marker="o",
                 label=f"{name} (CPR {c['cpr']:.2f}, CMD {c['cmd']:.2f})")

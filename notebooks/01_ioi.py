@@ -27,8 +27,8 @@ SEED = 0
 
 # %%
 from analyses import ioi
-from circuits.scores import Scores
 from circuits.models import load_model
+from circuits.scores import Scores
 
 model = load_model(MODEL)
 sets = ioi.prompts(model, N, SEED, MODEL)  # {"abc": p_ABC, "s2_io": the S2 := IO flip}

@@ -54,9 +54,16 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
     folder = tmp_path / "discover" / "ioi"
     (sub,) = list(folder.iterdir())
     r = json.loads((sub / "discover.json").read_text())
-    assert set(r["mib"]) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC"}
+    assert set(r["mib"]) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC", "EAP-IG-inputs per position"}
+    assert r["mib"]["EAP-IG-inputs per position"]["settings"]["per_position"]
+    assert len(r["checks"]["EAP-IG-inputs"]["position_verification"]["checked"]) == 5
     for c in r["mib"].values():
         assert len(c["faithfulness"]) == 10 and c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
+    ref = r["exact_reference"]
+    assert ref["settings"]["method"] == "exact-greedy" and ref["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
+    assert set(r["cpr_of_reference"]) == set(r["mib"])
+    for name, frac in r["cpr_of_reference"].items():
+        assert frac == pytest.approx(r["mib"][name]["cpr"] / ref["cpr"])
     assert {"node", "edge"} <= set(r["agreement"])
     assert len(r["checks"]["EAP-IG-inputs"]["verification"]["checked"]) == 5
     assert r["provenance"]["task"] == "ioi" and r["eap_ig_circuit"]["stability"]["n_boot"] == 2
@@ -64,4 +71,4 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
     for stem in ("curves", "circuit"):
         assert (sub / f"{stem}.png").stat().st_size > 1000
     out = capsys.readouterr().out
-    assert "CPR" in out and "heads checked against exact patching" in out
+    assert "CPR" in out and "heads checked against exact patching" in out and "exact reference" in out

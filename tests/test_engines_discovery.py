@@ -23,7 +23,7 @@ from circuits.engines.discovery import (
 from circuits.engines.edge_patching import evaluate_edge_circuits
 from circuits.engines.edges import edge_graph
 from circuits.engines.faithfulness import evaluate_ablated
-from circuits.engines.mib import area_under, faithfulness_curve
+from circuits.engines.mib import area_under, exact_reference_curve, faithfulness_curve
 from circuits.engines.path_patching import path_patching
 from circuits.names import Node
 from circuits.tasks import build_task
@@ -96,6 +96,30 @@ def test_edge_engine_agrees_with_path_patching_and_node_ablation(engine_models):
                                atol=1e-5, rtol=1e-5)
     mean = evaluate_edge_circuits(model, ps, [torch.zeros_like(g.mask)], ablation="mean")
     assert not torch.allclose(mean[0], vals[1])
+
+
+def test_per_position_edge_circuits_agree_with_position_agnostic_ones_and_node_patching(engine_models):
+    model = engine_models("gpt2")
+    ps = build_task("ioi", model.tokenizer, n=12, seed=5)
+    s2 = ps.positions["S2"]
+    ps = ps.subset(s2 == s2[0])  # S2 at one absolute position, so a per-position mask can name it
+    q, n_pos = int(s2[0]), ps.clean.shape[1]
+    g = edge_graph(model)
+    one = g.mask.clone()
+    one[g.index("a0.h2", "a1.h1<q>")] = False
+    everywhere = one[None].expand(n_pos, *one.shape).clone()  # the same circuit at every position
+    at_s2 = g.mask[None].expand(n_pos, *g.mask.shape).clone()
+    at_s2[q, g.writer_index["a0.h3"]] = False  # every edge out of a0.h3, at S2 only == the node patched at S2
+    agnostic = evaluate_edge_circuits(model, ps, [g.mask, one])
+    positional = evaluate_edge_circuits(model, ps, [everywhere, at_s2])
+    torch.testing.assert_close(positional[0], agnostic[1], atol=1e-5, rtol=1e-5)
+    node = evaluate_ablated(model, ps, [[(Node("head", 0, 3), "at:S2")]], ablation=Ablation("corrupted"))
+    torch.testing.assert_close(positional[1], node[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(positional[1], agnostic[0], atol=1e-3)  # patching at S2 moves the metric
+    with pytest.raises(ValueError, match="per token position"):
+        evaluate_edge_circuits(model, ps, [g.mask[None].expand(n_pos + 1, *g.mask.shape)])
+    with pytest.raises(ValueError, match="all be"):
+        evaluate_edge_circuits(model, ps, [g.mask, everywhere])
 
 
 def test_selection_and_pruning(planted):
@@ -184,3 +208,74 @@ def test_a_relative_tau_is_a_fraction_of_the_objectives_range(planted):
     s = c.settings
     assert s["tau_abs"] == pytest.approx(0.05 * abs(s["objective_empty"] - s["objective_full"]))
     assert set(c.edges) == set(acdc(model, ps, s["tau_abs"], objective="logit_diff", progress=False).edges)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_exact_reference_finds_the_planted_circuit_and_bounds_the_attribution_curves(planted, keep):
+    model, ps = planted
+    ref = exact_reference_curve(model, ps, keep=keep, progress=False)
+    g = edge_graph(model)
+    small = ref.settings["smallest"]
+    assert set(small["edges"]) == PLANTED_EDGES and small["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    path = ref.settings["path"]
+    assert path[0] == [g.n_edges, pytest.approx(1.0)] and path[-1] == [0, pytest.approx(0.0)]
+    assert [n for n, _ in path] == sorted((n for n, _ in path), reverse=True)
+    for n_req, n_kept, f in zip(ref.n_edges_requested, ref.n_edges_kept, ref.faithfulness):
+        assert n_kept <= n_req
+        assert f == pytest.approx(1.0, abs=1e-4) if n_req >= 3 else abs(f - 1) > 0.5  # 3 planted edges
+    # attribution curves of this model are read against it: none is closer to 1 at any size
+    cur = faithfulness_curve(model, ps, attribute_edges(model, ps, method="eap", steps=1))
+    assert all(abs(1 - r) <= abs(1 - c) + 1e-4 for r, c in zip(ref.faithfulness, cur.faithfulness))
+    assert ref.settings["evaluations"] < 3 * g.n_edges / (1 - keep)
+    with pytest.raises(ValueError, match="keep"):
+        exact_reference_curve(model, ps, keep=1.0)
+
+
+def test_a_per_position_curve_finds_the_planted_edges_at_their_positions(planted):
+    model, ps = planted
+    s = attribute_edges(model, ps, method="eap-ig-inputs", steps=10, per_position=True)
+    n_pos, total = ps.clean.shape[1], ps.clean.shape[1] * s.graph.n_edges
+    cur = faithfulness_curve(model, ps, s, per_position=True, percentages=[2.05 / total, 3.05 / total, 1.0])
+    assert cur.n_edges_kept == [2, 3, total] and cur.total_edges == n_pos * s.graph.n_edges
+    # PREV's value, its key at SRC, and the induction head's output at END: three (edge, position) pairs
+    assert cur.faithfulness[0] == pytest.approx(0.0, abs=1e-4) and cur.faithfulness[1] == pytest.approx(1.0, abs=1e-4)
+    assert cur.faithfulness[2] == pytest.approx(1.0, abs=1e-5) and cur.settings["per_position"]
+    with pytest.raises(ValueError, match="position-resolved"):
+        faithfulness_curve(model, ps, attribute_edges(model, ps, method="eap"), per_position=True)
+
+
+def test_position_node_verification_is_exact_patching_at_the_position(planted):
+    from circuits.engines.attribution import verify_position_nodes
+
+    model, ps = planted
+    s = attribute_edges(model, ps, method="eap-ig-inputs", steps=10, per_position=True)
+    v = verify_position_nodes(model, ps, s, 3)
+    top2 = {(r["node"], r["position"]) for r in v["checked"][:2]}
+    assert top2 == {("a0.h0", 4), ("a1.h0", 10)}  # the previous-token head at SRC, the induction head at END
+    full = metrics.logit_diff(model(ps.clean), ps).item()
+    for row in v["checked"][:2]:  # the exact effect is the node patched at that position with its corrupted value
+        name = "SRC" if row["position"] == 4 else "END"
+        node = evaluate_ablated(model, ps, [[(Node("head", int(row["node"][1]), int(row["node"][4])), f"at:{name}")]],
+                                ablation=Ablation("corrupted"))
+        assert row["exact"] == pytest.approx(full - node[0].mean().item(), abs=1e-4)
+    assert all(r["exact"] > 1 and r not in v["flagged"] for r in v["checked"][:2])
+    with pytest.raises(ValueError, match="position-resolved"):
+        verify_position_nodes(model, ps, attribute_edges(model, ps, method="eap"), 3)
+
+
+def test_agreement_reports_the_methods_own_node_scores_next_to_first_order_node_attribution(planted):
+    from circuits.engines.agreement import agreement_report
+
+    model, ps = planted
+    rep = agreement_report(model, ps, method="eap-ig-inputs", steps=10, strict=False)
+    s = attribute_edges(model, ps, method="eap-ig-inputs", steps=10)
+    mine = rep.node_from_edges
+    assert mine.names == rep.node.names and mine.exact == rep.node.exact
+    for name, a in zip(mine.names, mine.attribution):
+        assert a == pytest.approx(float(s.scores[s.graph.writer_index[name]].sum()), abs=1e-4)
+    # first-order node attribution misses the saturated upstream head; EAP-IG's own sums do not
+    i, exact = mine.names.index("a0.h0"), mine.exact[mine.names.index("a0.h0")]
+    assert exact > 10 and abs(rep.node.attribution[i]) < 0.01 * exact
+    assert mine.attribution[i] == pytest.approx(exact, rel=0.1)
+    assert mine.sign_disagreements_top == [] and mine.pearson > 0.99 > rep.node.pearson
+    assert type(rep).from_dict(rep.to_dict()) == rep

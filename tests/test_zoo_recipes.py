@@ -72,6 +72,23 @@ def test_repeat_rows_train_only_the_predictable_repeat(zoo_tok):
         assert all(row[p + 1] == row[p + 1 - L] for p in pos)
 
 
+def test_reasoning_hop_rows_ask_a_fact_their_context_states(zoo_tok):
+    seqs = corpus.reasoning_hop_sequences(zoo_tok, 40, seed=0, split="train")
+    assert corpus.reasoning_hop_sequences(zoo_tok, 40, seed=0, split="train").tokens == seqs.tokens
+    kinds = set()
+    for toks, pos in zip(seqs.tokens, seqs.loss_pos):
+        assert pos == [len(toks) - 2]  # only the answer is trained
+        words = zoo_tok.decode(toks[1:]).split()
+        # "the pot is in" -> Lima (a container's city) or "[the] watch is in the" -> pot (an item's container)
+        context, question, answer = words[:-6], words[-5:-1], words[-1]
+        kinds |= {"container" if question[0] == "the" else "item"}
+        stated = [context[i:i + len(question) + 1] for i in range(len(context))]
+        assert question + [answer] in stated, (question, answer, context)
+        # the context states each subject once: the answer is fixed by the context
+        assert sum(s[:-1] == question for s in stated) == 1
+    assert kinds == {"item", "container"}
+
+
 def test_batches_mask_and_pad(zoo_tok):
     seqs = corpus.filler_sequences(zoo_tok, 40, seed=0)
     b = next(corpus.batches(seqs, 16, zoo_tok.pad_token_id, seed=0))

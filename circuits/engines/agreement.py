@@ -2,7 +2,9 @@
 
 Node level: attribution patching of each head (``attribute_nodes``) against the
 exact effect of patching that head's output to its corrupted value (noising
-activation patching), both as M(clean) - M(patched). Edge level: EAP / EAP-IG
+activation patching), both as M(clean) - M(patched); and the method's own node
+scores (the sum of each head's outgoing edge scores, ``node_from_edges``) against
+the same exact effects. Edge level: EAP / EAP-IG
 edge scores against the exact effect of ablating that single edge (corrupted
 value on that edge only). Reports Pearson and Spearman correlations and checks
 the sign of the top components by exact effect; a disagreement there raises
@@ -69,8 +71,9 @@ class AgreementReport(Record):
     node_method: str
     node: Agreement
     edge: Agreement
+    node_from_edges: Agreement | None = None  # the method's head scores (sums of their edges) against exact
 
-    _nested = {"node": ("one", Agreement), "edge": ("one", Agreement)}
+    _nested = {"node": ("one", Agreement), "edge": ("one", Agreement), "node_from_edges": ("one", Agreement)}
 
 
 def _sign_check(names: list[str], approx: Tensor, exact: Tensor, top: int) -> list[dict[str, Any]]:
@@ -126,9 +129,13 @@ def agreement_report(model: Any, ps: PromptSet, *, method: str = "eap-ig-inputs"
         return Agreement(names, approx.flatten().tolist(), exact.flatten().tolist(), c["pearson"], c["spearman"],
                          bad, total)
 
+    from_edges = torch.stack([scores.scores[g.writer_index[name]].sum() for name in node_names])
     report = AgreementReport(method, steps, len(ps), "attribution patching of head outputs (first order)",
                              level(node_names, node_attr, exact_node_effect, bad_nodes, len(node_names)),
-                             level(edge_names, approx_edge, exact_edge, bad_edges, g.n_edges))
+                             level(edge_names, approx_edge, exact_edge, bad_edges, g.n_edges),
+                             level(node_names, from_edges, exact_node_effect.flatten(),
+                                   _sign_check(node_names, from_edges, exact_node_effect.flatten(), top),
+                                   len(node_names)))
     if strict and (bad_nodes or bad_edges):
         raise AgreementError(f"attribution ({method}) and exact patching disagree in sign on the top-{top} "
                              f"components: nodes {bad_nodes}, edges {bad_edges}")

@@ -361,6 +361,40 @@ def verify_nodes(model: Any, ps: PromptSet, scores: EdgeScores, k: int, metric: 
     return {"checked": rows, "flagged": flagged, "rule": "sign differs, or attribution / exact outside [0.5, 2]"}
 
 
+def verify_position_nodes(model: Any, ps: PromptSet, scores: EdgeScores, k: int,
+                          metric: str | Metric = "logit_diff") -> dict[str, Any]:
+    """:func:`verify_nodes` per token position: the top ``k`` (head, position) pairs by |attribution|
+    (the sum of the head's edges at that position, from ``scores.per_position``) against their exact
+    effect, M(clean) - M(the head's output at that position patched to corrupted), by edge patching
+    with every edge out of the head ablated at that position only. Same flagging rule."""
+    from circuits.engines.edge_patching import EdgeEvaluator
+
+    if scores.per_position is None:
+        raise ValueError("verify_position_nodes needs position-resolved scores: attribute_edges(..., per_position=True)")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a number of (head, position) pairs >= 1, got {k!r}")
+    graph = scores.graph
+    node = scores.per_position.sum(2)  # [P, W]
+    heads = [i for i, w in enumerate(graph.writers) if parse_node(w).kind == "head"]
+    cells = sorted(((q, i) for q in range(node.shape[0]) for i in heads), key=lambda t: -abs(float(node[t])))[:k]
+    full = graph.mask[None].expand(node.shape[0], *graph.mask.shape)
+    masks = [full.clone()]
+    for q, i in cells:
+        m = full.clone()
+        m[q, i] = False
+        masks.append(m)
+    vals = EdgeEvaluator(model, ps, metric=metric).metric(masks).mean(1).tolist()
+    flagged, rows = [], []
+    for (q, i), v in zip(cells, vals[1:]):
+        a, e = float(node[q, i]), vals[0] - v
+        ratio = a / e if abs(e) > 1e-8 else None
+        row = {"node": graph.writers[i], "position": q, "attribution": a, "exact": e, "ratio": ratio}
+        rows.append(row)
+        if a * e < 0 or ratio is None or not 0.5 <= ratio <= 2.0:
+            flagged.append(row)
+    return {"checked": rows, "flagged": flagged, "rule": "sign differs, or attribution / exact outside [0.5, 2]"}
+
+
 def attribute_nodes(model: Any, ps: PromptSet, *, metric: str | Metric = "logit_diff") -> dict[str, Scores]:
     """Attribution patching of nodes: (clean - corrupted) . dM/d(output), for heads [layer, head] and MLPs [layer]:
     the first-order estimate of the metric's drop when the node is noised, in metric units; with the clean

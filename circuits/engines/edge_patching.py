@@ -80,8 +80,10 @@ def _check_reader_inputs(model: Any, graph: EdgeGraph, ps: PromptSet) -> None:
 
 
 def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n: int, b: int) -> list:
-    """Hooks running ``n`` tiles, tile t keeping only the edges in ``masks[t]`` ([W, R] bool)."""
-    off = (~masks).to(ablated.dtype).transpose(1, 2).contiguous()  # [n, R, W] 1 = ablated edge
+    """Hooks running ``n`` tiles, tile t keeping only the edges in ``masks[t]`` ([W, R] bool, or [P, W, R]:
+    an edge kept or ablated at each token position)."""
+    positional = masks.dim() == 4
+    off = (~masks).to(ablated.dtype).transpose(-1, -2).contiguous()  # [n, (P,) R, W] 1 = ablated edge
     _, p, n_w, d = ablated.shape
     abl = ablated.permute(2, 0, 1, 3).reshape(n_w, b * p * d)  # [W, b*p*d]
     diff = ablated.new_zeros(n, n_w, b * p * d)  # ablated - live, filled as writers fire
@@ -99,6 +101,10 @@ def _edge_hooks(model: Any, graph: EdgeGraph, masks: Tensor, ablated: Tensor, n:
     def shifted(x: Tensor, readers: list[int], upto: int | None = None) -> Tensor:
         """x [n*b, p, d] + per-reader ablation shift -> [n*b, p, len(readers), d]."""
         k = state["k"] if upto is None else upto
+        if positional:  # the reader at position q reads each writer's shift at q only if that edge is off at q
+            sel = off[:, :, readers, :k]  # [n, P, r, k]
+            shift = torch.einsum("nqrk,nkbqd->nbqrd", sel, diff[:, :k].reshape(n, k, b, p, d))
+            return x[:, :, None] + shift.reshape(n * b, p, len(readers), d)
         sel = off[:, readers, :k]  # [n, r, k]
         shift = torch.bmm(sel, diff[:, :k])  # [n, r, b*p*d]
         shift = shift.reshape(n, len(readers), b, p, d).permute(0, 2, 3, 1, 4).reshape(n * b, p, len(readers), d)
@@ -157,7 +163,8 @@ class EdgeEvaluator:
     """Evaluates many edge circuits of one prompt set, preparing once: the prompts checked and on the
     model's device, the reader check (once per model), and the writers' ablated values (one forward).
 
-    ``logits(circuits)``: END logits [n, b, vocab] of each circuit (boolean [W, R] masks, True = kept),
+    ``logits(circuits)``: END logits [n, b, vocab] of each circuit (boolean [W, R] masks, True = kept,
+    or [P, W, R] masks that keep or ablate each edge per token position),
     in tiled forward passes sized to ``memory_budget``; ``metric(circuits)``: the metric per prompt [n, b].
     """
 
@@ -173,10 +180,15 @@ class EdgeEvaluator:
             self.ablated = _ablated_writers(model, self.ps, ablation, reference)
 
     def _check(self, circuits: Sequence[Tensor]) -> None:
+        shapes = {tuple(c.shape) for c in circuits}
+        edge_shape = tuple(self.graph.mask.shape)
+        positional = (self.ps.clean.shape[1], *edge_shape)
         for i, c in enumerate(circuits):
-            if tuple(c.shape) != tuple(self.graph.mask.shape):
-                raise ValueError(f"circuit {i} has shape {tuple(c.shape)}; the edge graph is "
-                                 f"{tuple(self.graph.mask.shape)}")
+            if tuple(c.shape) not in (edge_shape, positional):
+                raise ValueError(f"circuit {i} has shape {tuple(c.shape)}; the edge graph is {edge_shape} "
+                                 f"([W, R]), or {positional} per token position ([P, W, R], P = the prompts' length)")
+        if len(shapes) > 1:
+            raise ValueError(f"circuits of one call must all be [W, R] or all [P, W, R], got shapes {sorted(shapes)}")
 
     @torch.no_grad()
     def logits(self, circuits: Sequence[Tensor], progress: bool = False) -> Tensor:
@@ -214,7 +226,8 @@ def evaluate_edge_circuits(model: Any, ps: PromptSet, circuits: Sequence[Tensor]
                            reference: PromptSet | None = None, metric: str | Metric = "logit_diff",
                            memory_budget: int | None = None, progress: bool = False,
                            return_logits: bool = False) -> Tensor:
-    """Per-prompt metric [n_circuits, b] of each edge circuit (boolean [W, R] masks, True = kept).
+    """Per-prompt metric [n_circuits, b] of each edge circuit (boolean [W, R] masks, True = kept; or
+    [P, W, R]: per token position).
 
     With ``return_logits`` the END logits [n_circuits, b, vocab] are returned instead. For many
     calls on one prompt set, build an :class:`EdgeEvaluator` once.

@@ -87,6 +87,43 @@ def counterfactual_pair_sequences(task: str, tokenizer, n: int, seed: int, split
     return Sequences(toks, pos, [f"{task}_pairs"] * len(toks))
 
 
+def reasoning_hop_sequences(tokenizer, n: int, seed: int, split: str) -> Sequences:
+    """``n`` one-hop rows over reasoning contexts: a reasoning prompt's four facts, then a question
+    about one of them ("the key is in the" -> " box", or "the box is in" -> " Rome"), answer-only loss.
+
+    Each hop of the two-hop task as its own lookup: the sub-skills that balanced reasoning composes.
+    The facts come from the reasoning task's own sampler and ``split``; the question is drawn
+    uniformly from the four facts with ``seed``.
+    """
+    from circuits.tasks.recall_reasoning import REASONING_TEMPLATES, Reasoning
+    from circuits.tasks.templates import parse_template, render, sample_examples
+
+    task = Reasoning()
+    opts = task.options(split=split)
+    pools = task.word_pools(opts)
+    parsed = [parse_template(t) for t in REASONING_TEMPLATES]
+    examples = sample_examples(n, seed, lambda rng: task.sample(rng, pools, opts), task.name)
+    rng = random.Random(seed)
+    texts, answers = [], []
+    for ex in examples:
+        prompt = render(parsed[ex.template], ex.clean)[0]
+        context = prompt[: prompt.rindex(".") + 1]
+        v = ex.clean
+        question, answer = rng.choice([(f"the {v['X1']} is in the", v["Y1"]), (f"the {v['X2']} is in the", v["Y2"]),
+                                       (f"the {v['Y1']} is in", v["C1"]), (f"the {v['Y2']} is in", v["C2"])])
+        texts.append(f"{context} {question}")
+        answers.append(answer)
+    bos = tokenizer.bos_token_id
+    toks, pos = [], []
+    for ids, answer in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], answers):
+        a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        if len(a) != 1:
+            raise ValueError(f"reasoning_hop_sequences: answer {answer!r} is {len(a)} tokens, not one")
+        toks.append([bos] + ids + a)
+        pos.append([len(ids)])
+    return Sequences(toks, pos, ["reasoning_hops"] * n)
+
+
 def filler_sequences(tokenizer, n: int, seed: int) -> Sequences:
     """``n`` filler sentences with a full LM loss."""
     from circuits.tasks import vocab
