@@ -289,6 +289,13 @@ def summary(r: DiscoverResult) -> str:
                  + ("no circuit reached f = 0.8" if small is None else
                     f"smallest circuit with f >= 0.8: {small['n_edges']} edges ({100 * small['fraction']:.1f}%), "
                     f"f = {small['faithfulness']:.3f}"))
+    pp = r.curves.get(PER_POSITION)
+    if pp is not None:
+        at = ", ".join(f"{100 * p:g}%: f {f:.2f}, {d} edges ({100 * d / graph.n_edges:.0f}%)" for p, f, d in
+                       zip(pp.percentages, pp.faithfulness, pp.settings["distinct_edges"]) if 0.05 <= p <= 0.5)
+        lines.append(f"{PER_POSITION}: fractions of the {pp.total_edges} (edge, position) pairs "
+                     f"({pp.settings['positions']} positions), so its 'of ref' compares unlike units; "
+                     f"distinct edges held at {at}")
     ig_stab, ac_stab, c = r.stability["eap_ig"], r.stability["acdc"], r.circuit
     lines += ["", f"EAP-IG circuit: {len(c.edges)} edges at {100 * c.settings['fraction']:.1f}% "
                   f"(f = {c.settings['faithfulness']:.3f}); bootstrap edge Jaccard {ig_stab.mean:.2f} "

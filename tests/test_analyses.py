@@ -56,6 +56,7 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
     r = json.loads((sub / "discover.json").read_text())
     assert set(r["mib"]) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC", "EAP-IG-inputs per position"}
     assert r["mib"]["EAP-IG-inputs per position"]["settings"]["per_position"]
+    assert len(r["mib"]["EAP-IG-inputs per position"]["settings"]["distinct_edges"]) == len(r["mib"]["EAP"]["percentages"])
     assert len(r["checks"]["EAP-IG-inputs"]["position_verification"]["checked"]) == 5
     for c in r["mib"].values():
         assert len(c["faithfulness"]) == 10 and c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)
@@ -72,3 +73,4 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
         assert (sub / f"{stem}.png").stat().st_size > 1000
     out = capsys.readouterr().out
     assert "CPR" in out and "heads checked against exact patching" in out and "exact reference" in out
+    assert "distinct edges held at" in out

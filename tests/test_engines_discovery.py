@@ -240,6 +240,7 @@ def test_a_per_position_curve_finds_the_planted_edges_at_their_positions(planted
     # PREV's value, its key at SRC, and the induction head's output at END: three (edge, position) pairs
     assert cur.faithfulness[0] == pytest.approx(0.0, abs=1e-4) and cur.faithfulness[1] == pytest.approx(1.0, abs=1e-4)
     assert cur.faithfulness[2] == pytest.approx(1.0, abs=1e-5) and cur.settings["per_position"]
+    assert cur.settings["distinct_edges"] == [2, 3, s.graph.n_edges] and cur.settings["positions"] == n_pos
     with pytest.raises(ValueError, match="position-resolved"):
         faithfulness_curve(model, ps, attribute_edges(model, ps, method="eap"), per_position=True)
 

@@ -72,7 +72,8 @@ def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablatio
 
     ``per_position``: circuits of (edge, token position) pairs, the top ones by the scores'
     ``per_position`` [P, W, R] (attribute_edges(..., per_position=True)); the fractions are of the
-    P x n_edges pairs, and nothing is pruned (``n_edges_kept`` counts pairs).
+    P x n_edges pairs, and nothing is pruned (``n_edges_kept`` counts pairs; ``settings["distinct_edges"]``
+    how many edges each circuit holds at one position at least, ``settings["positions"]`` P).
     """
     if selection not in ("topn", "greedy"):
         raise ValueError(f"selection must be 'topn' or 'greedy', got {selection!r}")
@@ -111,7 +112,9 @@ def faithfulness_curve(model: Any, ps: PromptSet, scores: EdgeScores, *, ablatio
         cmd, sum(f) / len(f), m_full, m_empty, total,
         {"ablation": ablation, "metric": metric_name, "selection": selection, "absolute": absolute,
          "log_scale": log_scale, "method": scores.settings.get("method"), "n_prompts": len(ps),
-         "per_position": per_position})
+         "per_position": per_position,
+         **({"positions": int(full.shape[0]), "distinct_edges": [int(m.any(0).sum()) for m in masks]}
+            if per_position else {})})
 
 
 @torch.no_grad()
