@@ -14,12 +14,13 @@ TORCH  := 2.13.0+cpu
 # where torch's CPU wheel is found when locking (this machine's pip find-links, else PyTorch's index)
 TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: all notebooks setup lock test test-latest lint format ioi discover colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit repair bench zoo zoo-check clean help
+.PHONY: all notebooks setup lock test test-latest lint format ioi discover discover-colored-objects colored-objects mental-math recall-reasoning compare-tasks compare-regimes thinkedit repair bench zoo zoo-check clean help
 
 help:
 	@echo "make setup       create .venv and install circuitlab from requirements.lock (idempotent)"
 	@echo "make ioi         run the IOI analysis on MODEL (default $(MODEL))"
 	@echo "make discover    EAP, EAP-IG, ACDC and MIB curves for TASK on MODEL (results/discover/)"
+	@echo "make discover-colored-objects    the same on Colored Objects (the second task the README quotes)"
 	@echo "make colored-objects  the circuit-reuse study's Colored Objects circuit, and its overlap with IOI"
 	@echo "make mental-math      All-for-One on mental math (MODEL and MODEL2)"
 	@echo "make recall-reasoning recall vs reasoning: specialised heads, layers, neurons, double dissociation"
@@ -88,6 +89,9 @@ ioi: setup
 
 discover: setup
 	$(BIN)/python -m analyses.discover --task $(TASK) --model $(MODEL) --seed $(SEED)
+
+discover-colored-objects: setup
+	$(BIN)/python -m analyses.discover --task colored_objects --model $(MODEL) --seed $(SEED)
 
 colored-objects: setup
 	$(BIN)/python -m analyses.colored_objects --model $(MODEL) --n $(N) --seed $(SEED)

@@ -48,6 +48,8 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("recall-reasoning", "analyses.recall_reasoning", (), ("recall_reasoning/zoo_toyworld",),
              ("dissociation.png",), "04_recall_reasoning"),
     Analysis("discover", "analyses.discover", (), ("discover/ioi/zoo_toyworld",), ("curves.png",), "05_discovery"),
+    Analysis("discover-colored-objects", "analyses.discover", ("--task", "colored_objects"),
+             ("discover/colored_objects/zoo_toyworld",), ("curves.png",), "05_discovery"),
     Analysis("compare-tasks", "analyses.compare_tasks", (), ("compare_tasks/zoo_toyworld",),
              ("heads_pair.png", "heads_all_tasks.png"), "06_compare_tasks"),
     Analysis("compare-regimes", "analyses.compare_regimes", ("--n", "32"), ("compare_regimes/zoo",),

@@ -12,6 +12,8 @@ Steps, each a function that returns data (a notebook can run them cell by cell):
    reaches 0.8 (else the most faithful one); :func:`stability` - it and the ACDC circuit
    with their edge Jaccard over bootstrap resamples of the prompts;
 6. the agreement report (``circuits.engines.agreement``): EAP-IG against exact patching;
+   :func:`single_edge_curve` - the MIB curve of the edges ranked by that report's exact
+   single-edge effects (what a perfect per-edge attribution reaches) and their additivity;
 7. :func:`figures` - the MIB curves and the EAP-IG circuit.
 
 :func:`main` writes results/discover/<task>/<model>/ (discover.json, eap_ig_circuit.json,
@@ -32,6 +34,7 @@ from analyses.common import run_analysis, safe_name, save_figures
 
 METHODS = (("EAP", "eap"), ("EAP-IG-inputs", "eap-ig-inputs"), ("EAP-IG-activations", "eap-ig-activations"))
 PER_POSITION = "EAP-IG-inputs per position"  # the same scores, circuits of (edge, token position) pairs
+SINGLE_EDGE = "exact single edges"  # edges ranked by their exact effect alone: the best additive attribution
 VERIFY = 5  # each method's top heads checked against exact activation patching (sign and size)
 
 
@@ -130,6 +133,30 @@ def reference(model: Any, ps: Any, metric: str, keep: float, timings: dict[str, 
     return ref
 
 
+def single_edge_curve(model: Any, ps: Any, graph: Any, agreement: Any, metric: str, timings: dict[str, float]
+                      ) -> Any | None:
+    """The MIB curve of the edges ranked by their exact effect alone (M(full) - M(full without the edge),
+    from the agreement report's edge sweep): what a perfect per-edge attribution would select. Its
+    settings["additivity"] is the sum of those effects over M(full) - M(empty) (1 if the edges' effects
+    added up). None where the sweep did not cover every edge (agreement_report's max_edges)."""
+    from circuits.engines.attribution import EdgeScores
+    from circuits.engines.mib import faithfulness_curve
+
+    if len(agreement.edge.names) < graph.n_edges:
+        print(f"[discover] {SINGLE_EDGE}: skipped, the exact sweep covered {len(agreement.edge.names)} of "
+              f"{graph.n_edges} edges", flush=True)
+        return None
+    t = time.time()
+    exact = dict(zip(agreement.edge.names, agreement.edge.exact))
+    curve = faithfulness_curve(model, ps, EdgeScores.from_named(graph, exact, {"method": SINGLE_EDGE}), metric=metric)
+    gap = curve.m_full - curve.m_empty
+    curve.settings["additivity"] = None if gap == 0 else sum(exact.values()) / gap
+    top = max(abs(v) for v in exact.values())
+    curve.settings["edges_above_1pct"] = sum(abs(v) > 0.01 * top for v in exact.values())
+    timings[f"curve {SINGLE_EDGE}"] = round(time.time() - t, 2)
+    return curve
+
+
 def of_reference(curve: Any, ref: Any) -> float | None:
     """A curve's CPR as a fraction of the exact reference's (None, undefined, if the reference's is 0)."""
     return None if ref.cpr == 0 else curve.cpr / ref.cpr
@@ -169,7 +196,10 @@ def figures(curve_set: dict[str, Any], ig: Any, circuit: Any, title: str, ref: A
 
     graph = ig.graph
     weighted = [(*graph_edge(e), score) for e, score in circuit.edges.items()]
-    return {"curves": faithfulness_curves({k: c.to_dict() for k, c in curve_set.items()},
+    def label(k: str) -> str:  # the per-position curve's x is the share of (edge, position) pairs
+        return f"{k} (x: % of pairs)" if k == PER_POSITION else k
+
+    return {"curves": faithfulness_curves({label(k): c.to_dict() for k, c in curve_set.items()},
                                           title=f"MIB faithfulness, {title}",
                                           reference=None if ref is None else ref.to_dict()),
             "circuit": circuit_figure({}, weighted, graph.n_layers, title=f"EAP-IG circuit ({len(circuit.edges)} "
@@ -262,6 +292,9 @@ def run(spec: str = "zoo:toyworld", task: str = "ioi", n: int = 32, seed: int = 
     t = time.time()
     agreement = agreement_report(model, ps, method="eap-ig-inputs", steps=steps, metric=metric, strict=False)
     timings["agreement"] = round(time.time() - t, 2)
+    single = single_edge_curve(model, ps, ig.graph, agreement, metric, timings)
+    if single is not None:
+        curve_set[SINGLE_EDGE] = single
     figs = figures(curve_set, ig, circuit, f"{task} on {spec}", ref)
     return DiscoverResult(model, spec, task, n, seed, ps, metric, options, steps, tau, scores, ac, curve_set, ref,
                           circuit, stab, agreement, figs, timings, time.time() - t0)
@@ -296,6 +329,13 @@ def summary(r: DiscoverResult) -> str:
         lines.append(f"{PER_POSITION}: fractions of the {pp.total_edges} (edge, position) pairs "
                      f"({pp.settings['positions']} positions), so its 'of ref' compares unlike units; "
                      f"distinct edges held at {at}")
+    se = r.curves.get(SINGLE_EDGE)
+    if se is not None:
+        add = se.settings["additivity"]
+        lines.append(f"{SINGLE_EDGE}: ranked by each edge's exact effect alone (a perfect per-edge attribution); "
+                     f"those effects sum to {'undefined' if add is None else f'{add:.2f}'} times the full-minus-empty "
+                     f"gap (1 if they added up); {se.settings['edges_above_1pct']} of {graph.n_edges} edges have an "
+                     f"effect above 1% of the largest")
     ig_stab, ac_stab, c = r.stability["eap_ig"], r.stability["acdc"], r.circuit
     lines += ["", f"EAP-IG circuit: {len(c.edges)} edges at {100 * c.settings['fraction']:.1f}% "
                   f"(f = {c.settings['faithfulness']:.3f}); bootstrap edge Jaccard {ig_stab.mean:.2f} "

@@ -54,7 +54,11 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
     folder = tmp_path / "discover" / "ioi"
     (sub,) = list(folder.iterdir())
     r = json.loads((sub / "discover.json").read_text())
-    assert set(r["mib"]) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC", "EAP-IG-inputs per position"}
+    assert set(r["mib"]) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC", "EAP-IG-inputs per position",
+                             "exact single edges"}
+    single, exact = r["mib"]["exact single edges"], r["agreement"]["edge"]["exact"]
+    assert len(exact) == single["total_edges"]  # the sweep covered every edge
+    assert single["settings"]["additivity"] == pytest.approx(sum(exact) / (single["m_full"] - single["m_empty"]))
     assert r["mib"]["EAP-IG-inputs per position"]["settings"]["per_position"]
     assert len(r["mib"]["EAP-IG-inputs per position"]["settings"]["distinct_edges"]) == len(r["mib"]["EAP"]["percentages"])
     assert len(r["checks"]["EAP-IG-inputs"]["position_verification"]["checked"]) == 5
@@ -73,4 +77,4 @@ def test_discover_analysis_writes_curves_circuit_and_agreement(model_dirs, tmp_p
         assert (sub / f"{stem}.png").stat().st_size > 1000
     out = capsys.readouterr().out
     assert "CPR" in out and "heads checked against exact patching" in out and "exact reference" in out
-    assert "distinct edges held at" in out
+    assert "distinct edges held at" in out and "exact single edges: ranked by each edge's exact effect alone" in out

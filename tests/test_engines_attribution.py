@@ -122,3 +122,20 @@ def test_effect_has_one_sign_convention_for_patching_and_attribution(engine_mode
     assert float(attr.effect().flatten()[top]) * float(noise.effect().flatten()[top]) > 0  # same sign
     with pytest.raises(ValueError, match="direction"):
         Scores(torch.zeros(2), ("layer",)).effect()
+
+
+def test_edge_scores_from_named_values_round_trip(engine_models):
+    from circuits.engines.attribution import EdgeScores
+
+    model = engine_models("llama")  # GQA: a head's k/v reader names its group's edge
+    ps = build_task("ioi", model.tokenizer, n=3, seed=0)
+    got = attribute_edges(model, ps)
+    again = EdgeScores.from_named(got.graph, dict(got.ranked()), {"method": "copy"})
+    torch.testing.assert_close(again.scores, got.scores * got.graph.mask)
+    assert again.settings == {"method": "copy"} and again.ranked() == got.ranked()
+    w = "a0.h0"
+    r = next(x for x in got.graph.readers if x.startswith("a1.") and x.endswith("<k>"))
+    one = EdgeScores.from_named(got.graph, {f"{w}->{r}": 2.5})
+    assert one.ranked()[0] == (f"{w}->{r}", 2.5) and float(one.scores.abs().sum()) == 2.5
+    with pytest.raises(ValueError, match="unknown reader"):
+        EdgeScores.from_named(got.graph, {"a0.h0->a1.h9<q>": 1.0})

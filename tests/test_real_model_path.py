@@ -72,7 +72,12 @@ def _discover(d):
     from analyses import discover
 
     r = discover.run(d, task="ioi", n=6, device="cpu", steps=2, n_boot=2, progress=False)
-    assert set(r.curves) == {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC"}
+    methods = {"EAP", "EAP-IG-inputs", "EAP-IG-activations", "ACDC", discover.SINGLE_EDGE}
+    # the per-position curve exists exactly when EAP-IG (inputs) could score per position
+    if r.scores["EAP-IG-inputs"].per_position is not None:
+        methods.add(discover.PER_POSITION)
+    assert set(r.curves) == methods
+    assert set(r.data()["cpr_of_reference"]) == methods
 
 
 def _compare_tasks(d):

@@ -70,6 +70,19 @@ class EdgeScores:
         return [(self.graph.edge(int(idx[i, 0]), int(idx[i, 1])),
                  float(vals[i])) for i in order]
 
+    @classmethod
+    def from_named(cls, graph: EdgeGraph, values: dict[str, float],
+                   settings: dict[str, Any] | None = None) -> EdgeScores:
+        """Scores from {"writer->reader": score} (edges not named score 0): e.g. exact per-edge effects,
+        so that any ranking goes through the same MIB curve. A ValueError names an edge the graph lacks."""
+        from circuits.names import parse_edge
+
+        scores = torch.zeros(graph.mask.shape, device=graph.mask.device)
+        for name, v in values.items():
+            w, r = parse_edge(name)
+            scores[graph.index(w.name, r.name)] = float(v)
+        return cls(graph, scores, None, dict(settings or {}))
+
     def to_dict(self) -> dict[str, Any]:
         """MIB / EAP-IG-style JSON: {"edges": {"a0.h1->a2.h3<q>": {"score": s}}, ...}."""
         return {"edges": {name: {"score": s} for name, s in self.ranked(absolute=False)},
