@@ -126,8 +126,7 @@ notebooks: setup
 	$(BIN)/jupytext --quiet --to ipynb notebooks/[0-9][0-9]_*.py
 
 bench: setup
-	$(BIN)/python benchmarks/bench_engines.py --out results/bench/engines.json
-	$(BIN)/python benchmarks/bench_attribution.py --out results/bench/attribution.json
+	$(BIN)/python -m analyses.bench
 
 zoo: setup
 	$(BIN)/circuits zoo train

@@ -34,9 +34,11 @@ class Analysis:
     args: tuple[str, ...]
     folders: tuple[str, ...]
     gallery: tuple[str, ...] = field(default_factory=tuple)
-    notebook: str = ""
+    notebook: str = ""  # "" for a record with no notebook (zoo-check, bench)
     models: tuple[str, ...] = ("zoo:toyworld",)  # the zoo models it reads (their weights' hashes go in the docs)
 
+
+ZOO_MODELS = ("zoo:toyworld", "zoo:reasoner-base", "zoo:reasoner-sft", "zoo:reasoner-distill", "zoo:reasoner-grpo")
 
 ANALYSES: tuple[Analysis, ...] = (
     Analysis("ioi", "analyses.ioi", (), ("ioi/zoo_toyworld",), ("circuit.png",), "01_ioi"),
@@ -54,10 +56,13 @@ ANALYSES: tuple[Analysis, ...] = (
              ("heads_pair.png", "heads_all_tasks.png"), "06_compare_tasks"),
     Analysis("compare-regimes", "analyses.compare_regimes", ("--n", "32"), ("compare_regimes/zoo",),
              ("regimes_effect.png",), "07_compare_regimes",
-             ("zoo:toyworld", "zoo:reasoner-base", "zoo:reasoner-sft", "zoo:reasoner-distill", "zoo:reasoner-grpo")),
+             ZOO_MODELS),
     Analysis("thinkedit", "analyses.thinkedit", ("--model", "zoo:reasoner-sft"), ("thinkedit/zoo_reasoner-sft",),
              ("before_after.png",), "08_thinkedit", ("zoo:reasoner-sft",)),
     Analysis("repair", "analyses.repair", (), ("repair/zoo_toyworld",), ("repair.png",), "09_head_repair"),
+    # records rather than analyses (no notebook, no figure): the zoo's targets, and the benchmarks
+    Analysis("zoo-check", "analyses.zoo_check", (), ("zoo_check",), (), "", ZOO_MODELS),
+    Analysis("bench", "analyses.bench", (), ("bench",), (), "", ()),
 )
 
 
@@ -109,7 +114,8 @@ def index(outcomes: list[Outcome], out: str, total: float) -> str:
     for o in outcomes:
         a = o.analysis
         links = ", ".join(f"[{f}]({f}/{SUMMARY})" for f in a.folders if (root / f / SUMMARY).is_file()) or "-"
-        lines.append(f"| {a.name} | `make {a.name}` | `notebooks/{a.notebook}.ipynb` | {o.status} | {o.seconds:.0f} s "
+        notebook = f"`notebooks/{a.notebook}.ipynb`" if a.notebook else "-"
+        lines.append(f"| {a.name} | `make {a.name}` | {notebook} | {o.status} | {o.seconds:.0f} s "
                      f"| {links} |")
     for o in outcomes:
         lines += ["", f"## {o.analysis.name}"]

@@ -161,6 +161,19 @@ def _head_reader_grads(model: Any, layer: int, g: dict[str, Any]) -> tuple[Tenso
     return gx.permute(1, 2, 0, 3), gx.sum(0) - g["ln1_grad"][layer]
 
 
+def _groups_per_pass(model: Any, ps: PromptSet, graph: EdgeGraph, n_groups: int,
+                     memory_budget: int | None = None) -> int:
+    """How many writer groups one gradient pass of the activations variant integrates at once: every
+    group tiles the prompts once, and each tile's reader gradients ([b, p, R, d]) must stay within
+    the memory budget (with room for the backward pass: a factor 4)."""
+    b, p = ps.clean.shape
+    budget = forward.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    dtype = getattr(model.cfg, "dtype", None)
+    elem = torch.finfo(dtype).bits // 8 if dtype is not None else 4
+    per_group = 4 * b * p * len(graph.readers) * int(model.cfg.d_model) * elem
+    return max(1, min(n_groups, budget // per_group))
+
+
 def _reader_grads(model: Any, g: dict[str, Any], graph: EdgeGraph) -> tuple[Tensor, float]:
     """[b, p, R, d] gradients of every reader in graph order, and the largest norm-pullback mismatch."""
     parts, worst = [], 0.0
@@ -261,33 +274,46 @@ def _attribute(model: Any, ps: PromptSet, method: str, steps: int, rule: str, me
     key = {hook_at("resid_pre", 0): "input"}
     key |= {hook_at("z", layer): f"z.{layer}" for layer in range(n_layers)}
     key |= {hook_at("mlp_out", layer): f"mlp_out.{layer}" for layer in range(n_layers)}
-    tiles = len(groups) if method == "eap-ig-activations" else 1
-    tokens, ends = forward.tile(ps.clean, tiles), forward.tile(end, tiles)
-    ps_t = ps_m.subset(torch.arange(b).repeat(tiles)) if tiles > 1 else ps_m
-    grads, worst = None, 0.0
+    sizes = [1] + [n for _ in range(n_layers) for n in (graph.n_heads, 1)]
+    bounds = [sum(sizes[:t]) for t in range(len(sizes) + 1)]  # group t writes writers bounds[t]:bounds[t + 1]
+    n_groups = len(groups) if method == "eap-ig-activations" else 1
+    per = _groups_per_pass(model, ps, graph, n_groups)
+    pos = torch.zeros(ps.clean.shape[1], len(graph.writers), len(graph.readers), device=delta.device,
+                      dtype=delta.dtype)  # [p, W, R], summed over prompts
+    worst = 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
         with run:
             for a, weight in points:
-                ov = None
-                if a < 1 and method == "eap-ig-inputs":
-                    name = hook_at("resid_pre", 0)
-                    ov = {"input": (a * clean[name] + (1 - a) * corr[name], torch.ones(b, dtype=torch.bool))}
-                elif a < 1 and method == "eap-ig-activations":
-                    ov = {}
-                    for t, grp in enumerate(groups):
-                        for name in grp:
-                            rows = torch.zeros(tiles * b, dtype=torch.bool)
-                            rows[t * b:(t + 1) * b] = True
-                            value = forward.tile(a * clean[name] + (1 - a) * corr[name], tiles)
-                            ov[key[name]] = (value, rows)
-                g = _gradient_pass(model, tokens, ends, fn, ps_t, ov)
-                rg, err = _reader_grads(model, g, graph)
-                worst = max(worst, err)
-                rg = weight * rg.reshape(tiles, b, *rg.shape[1:])
-                grads = rg if grads is None else grads + rg
+                # activations variant: each writer group integrated in its own tiled rows; at a = 1 (or for
+                # EAP / the inputs variant) every group sees the same pass, which runs once
+                separate = method == "eap-ig-activations" and a < 1
+                todo = list(range(n_groups)) if separate else [None]
+                for chunk in forward.chunks(todo, per):
+                    n = len(chunk)
+                    ov = None
+                    if a < 1 and method == "eap-ig-inputs":
+                        name = hook_at("resid_pre", 0)
+                        ov = {"input": (a * clean[name] + (1 - a) * corr[name], torch.ones(b, dtype=torch.bool))}
+                    elif separate:
+                        ov = {}
+                        for j, t in enumerate(chunk):
+                            for name in groups[t]:
+                                rows = torch.zeros(n * b, dtype=torch.bool)
+                                rows[j * b:(j + 1) * b] = True
+                                ov[key[name]] = (forward.tile(a * clean[name] + (1 - a) * corr[name], n), rows)
+                    ps_t = ps_m.subset(torch.arange(b).repeat(n)) if n > 1 else ps_m
+                    g = _gradient_pass(model, forward.tile(ps.clean, n), forward.tile(end, n), fn, ps_t, ov)
+                    rg, err = _reader_grads(model, g, graph)
+                    del g
+                    worst = max(worst, err)
+                    rg = rg.detach().reshape(n, b, *rg.shape[1:])  # [n, b, p, R, d]
+                    for j, t in enumerate(chunk):
+                        lo, hi = (0, len(graph.writers)) if t is None else (bounds[t], bounds[t + 1])
+                        pos[:, lo:hi] += weight * torch.einsum("bpwd,bprd->pwr", delta[:, :, lo:hi], rg[j])
+                    del rg
     finally:
         for p in params:
             p.requires_grad_(True)
@@ -295,16 +321,6 @@ def _attribute(model: Any, ps: PromptSet, method: str, steps: int, rule: str, me
         raise RuntimeError(f"per-head reader gradients do not add up to the norm's gradient (relative error "
                            f"{worst:.2e}): this architecture transforms q/k/v after hook_q/k/v in a way "
                            "EAP does not model (e.g. QK-norm)")
-    grads = grads.detach()  # [tiles, b, p, R, d], the weighted average over the path
-    sizes = [1] + [n for _ in range(n_layers) for n in (graph.n_heads, 1)]
-    if tiles == 1:
-        pos = torch.einsum("bpwd,bprd->pwr", delta, grads[0])
-    else:  # a writer's edges use the gradients of the pass that integrated the writer's own group
-        parts, start = [], 0
-        for t, size in enumerate(sizes):
-            parts.append(torch.einsum("bpwd,bprd->pwr", delta[:, :, start:start + size], grads[t]))
-            start += size
-        pos = torch.cat(parts, 1)
     mask = graph.mask.to(delta.device)
     pos = (pos / len(ps) * mask).detach()
     scores = pos.sum(0).cpu()
