@@ -13,7 +13,7 @@ from analyses.common import SUMMARY
 
 def test_bench_summary_keeps_the_tables_and_drops_progress_json_and_paths():
     out = "\n".join(["[bench] head_patching_all_pos ...", "table row 4.4x", "{", ' "a": 1', "}",
-                     "after 0.5", "wrote /tmp/x/engines.json", "fast paths: ok"])
+                     "after 0.5", "wrote results/bench/engines.json", "fast paths: ok"])
     assert bench.summary(out) == "table row 4.4x\nafter 0.5\nfast paths: ok"
 
 
