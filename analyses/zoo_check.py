@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     def analyse(folder: str) -> str:
         t0 = time.time()
         measured, rows = measure()
-        atomic_write_json(os.path.join(folder, "zoo-check.json"), {
-            "measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]})
+        atomic_write_json(os.path.join(folder, "zoo-check.json"), check.record(measured, rows))
         failed = sum(not ok for _, ok, _ in rows)
         return (check.report(measured, rows) + f"\n\n{len(rows) - failed} of {len(rows)} targets met "
                 f"(zoo-check took {time.time() - t0:.1f} s)")

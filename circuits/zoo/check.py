@@ -92,6 +92,11 @@ def pct(x: float | None) -> str:
     return "undefined (no samples)" if x is None else f"{x:.1%}"
 
 
+def record(measured: dict[str, Any], rows: list[tuple[str, bool, str]]) -> dict[str, Any]:
+    """The zoo-check result as plain data (zoo-check.json): the measured numbers and every target's verdict."""
+    return {"measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]}
+
+
 def verdicts(measured: dict[str, Any], names: list[str]) -> list[tuple[str, bool, str]]:
     """(target, passed, detail) rows."""
     rows: list[tuple[str, bool, str]] = []

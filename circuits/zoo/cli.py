@@ -30,8 +30,7 @@ def _check(names: list[str], write_cards: bool = False) -> int:
         from circuits.zoo.cards import write_cards as write
 
         write(measured)
-        atomic_write_json(ZOO_DIR / "zoo-check.json", {
-            "measured": measured, "targets": [{"target": t, "passed": ok, "detail": d} for t, ok, d in rows]})
+        atomic_write_json(ZOO_DIR / "zoo-check.json", check.record(measured, rows))
     return 0 if all(ok for _, ok, _ in rows) else 1
 
 
